@@ -1,0 +1,31 @@
+# Two commands: `make run` (the whole pipeline on the embedded default) and `make test`.
+# Each creates .venv and installs what it needs on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+# Every pip call, including those pip makes for build dependencies, honours the pins.
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+
+.PHONY: run test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	test -d .git || git init --quiet
+	test -d .dvc || dvc init --quiet
+	dvc repro
+	dcm status
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf data .prefect mlflow.db mlartifacts .cache

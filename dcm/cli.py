@@ -1,0 +1,84 @@
+"""`dcm`: one subcommand per pipeline stage, plus `config show` and `status`.
+
+Stage subcommands run the stage's Prefect flow (the same thing `dvc repro` runs). Expected failures
+(bad config, unusable inputs) print one line naming the problem and its fix, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from dcm.config import DEFAULT_PARAMS, ConfigError, config_to_dict, load_config
+from dcm.env import apply_runtime_defaults
+from dcm.errors import StageError
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. -S data.frames=16 (repeatable)")
+
+
+def cmd_config_show(args) -> int:
+    cfg = load_config(args.params, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def cmd_shard(args) -> int:
+    from flows.shard import run
+    result = run(args.params, args.overrides)
+    splits = result["manifest"]["splits"]
+    print(f"shards: {load_config(args.params, args.overrides).shard.dir} "
+          f"(train {splits['train']['samples']} clips, val {splits['val']['samples']} clips, "
+          f"{len(result['manifest']['skipped'])} inputs skipped); MLflow run {result['run_id']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from dcm.status import describe
+    print(describe(load_config(args.params, args.overrides)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcm", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser("config", help="inspect the resolved configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print params.yaml after overrides and validation")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    shard = commands.add_parser("shard", help="write clips (shapes or your videos) into WebDataset shards")
+    _add_config_args(shard)
+    shard.set_defaults(func=cmd_shard)
+
+    status = commands.add_parser("status", help="where the outputs and MLflow runs of each stage are")
+    _add_config_args(status)
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_runtime_defaults(Path.cwd())
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"dcm: config error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, StageError) as error:
+        print(f"dcm: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

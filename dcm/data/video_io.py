@@ -1,0 +1,111 @@
+"""Decode real videos into fixed-size clips (PyAV), and write clips back out as mp4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from dcm.config import DataConfig, VideosConfig
+
+
+class VideoError(Exception):
+    """A video that cannot give a clip; the message is the reason recorded in the manifest."""
+
+
+def resize_and_crop(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """Scale so the frame covers height×width, then take the centre: no stretching, no borders."""
+    scale = max(height / image.height, width / image.width)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)).convert("RGB"))
+
+
+def _frame_times(container, stream, cfg: VideosConfig):
+    """Yield (take_count, frame) pairs: how many times each decoded frame enters the clip sequence.
+
+    With a target fps, a frame is taken once for every target instant it covers (so a low-fps source
+    repeats frames and a high-fps source skips them); with a stride, every stride-th frame is taken once.
+    """
+    rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+    step = 1.0 / cfg.sample_fps if cfg.sample_fps else None
+    start = next_target = None
+    for index, frame in enumerate(container.decode(stream)):
+        if step is None:
+            yield (1 if index % cfg.frame_stride == 0 else 0), frame
+            continue
+        time = frame.time if frame.time is not None else (index / rate if rate else None)
+        if time is None:
+            raise VideoError("frames carry no timestamps and the stream has no frame rate; set data.videos.sample_fps: null")
+        if start is None:
+            start = next_target = time
+        covers_until = time + (0.5 / rate if rate else 0.0)
+        takes = 0
+        while next_target <= covers_until + 1e-9:
+            takes += 1
+            next_target += step
+        yield takes, frame
+
+
+def decode_clips(path: str | Path, data: DataConfig) -> list[np.ndarray]:
+    """Consecutive clips of `data.frames` frames resized to data.height×data.width, uint8 RGB."""
+    cfg = data.videos
+    wanted = cfg.clips_per_video or None
+    clips: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    decoded = 0
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.video:
+                raise VideoError("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if stream.width and max(stream.width, stream.height) > cfg.max_side:
+                raise VideoError(f"frame size {stream.width}x{stream.height} exceeds data.videos.max_side={cfg.max_side}")
+            for takes, frame in _frame_times(container, stream, cfg):
+                decoded += 1
+                if not takes:
+                    continue
+                if not (0 < frame.width <= cfg.max_side and 0 < frame.height <= cfg.max_side):
+                    raise VideoError(f"absurd frame size {frame.width}x{frame.height}")
+                pixels = resize_and_crop(frame.to_image(), data.height, data.width)
+                for _ in range(takes):
+                    current.append(pixels)
+                    if len(current) == data.frames:
+                        clips.append(np.stack(current))
+                        current = []
+                if wanted and len(clips) >= wanted:
+                    break
+    except VideoError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as error:
+        if decoded == 0:
+            raise VideoError(f"unreadable: {type(error).__name__}: {error}") from None
+        raise VideoError(f"truncated or corrupt after {decoded} frames: {type(error).__name__}: {error}") from None
+    if not clips:
+        if decoded == 0:
+            raise VideoError("no decodable frames")
+        raise VideoError(f"too short: {decoded} frames decoded, a clip needs {data.frames} at the sampling rate")
+    return clips[:wanted] if wanted else clips
+
+
+def write_mp4(path: str | Path, clip: np.ndarray, fps: float, crf: int) -> None:
+    """Write uint8 (frames, height, width, 3) as H.264 mp4 that ordinary players open."""
+    height, width = clip.shape[1:3]
+    # yuv420p needs even sizes; pad by edge replication instead of refusing odd ones.
+    pad_h, pad_w = height % 2, width % 2
+    if pad_h or pad_w:
+        clip = np.pad(clip, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height = clip.shape[2], clip.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in clip:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -1,0 +1,31 @@
+"""Process environment the pipeline needs before Prefect, MLflow or Hugging Face libraries are imported.
+
+Defaults only (an explicit setting always wins): Prefect keeps its database inside the project and
+sends no analytics, nothing is ever fetched from a model hub, and vbench reads weights from a
+project-local cache that users fill themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def runtime_defaults(root: Path) -> dict[str, str]:
+    return {
+        "PREFECT_HOME": str(root / ".prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "true",
+        # The first start of a fresh project migrates Prefect's database; 20 s (the default) is not
+        # always enough on a 2-core machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "HF_HUB_OFFLINE": "1",
+        "VBENCH_CACHE_DIR": str(root / ".cache" / "vbench"),
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+
+
+def apply_runtime_defaults(root: Path | None = None) -> None:
+    for key, value in runtime_defaults(Path(root or Path.cwd()).resolve()).items():
+        os.environ.setdefault(key, value)
