@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -92,18 +93,29 @@ def decode_clips(path: str | Path, data: DataConfig) -> list[np.ndarray]:
     return clips[:wanted] if wanted else clips
 
 
-def write_mp4(path: str | Path, clip: np.ndarray, fps: float, crf: int) -> None:
-    """Write uint8 (frames, height, width, 3) as H.264 mp4 that ordinary players open."""
-    height, width = clip.shape[1:3]
-    # yuv420p needs even sizes; pad by edge replication instead of refusing odd ones.
-    pad_h, pad_w = height % 2, width % 2
-    if pad_h or pad_w:
-        clip = np.pad(clip, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+# Codec and pixel format per container: what ordinary players open.
+CONTAINER_CODECS = {
+    "mp4": ("libx264", "yuv420p"), "mkv": ("libx264", "yuv420p"), "mov": ("libx264", "yuv420p"),
+    "webm": ("libvpx", "yuv420p"), "avi": ("mpeg4", "yuv420p"), "gif": ("gif", "rgb8"),
+}
+
+
+def write_video(path: str | Path, clip: np.ndarray, fps: float, codec: str | None = None,
+                options: dict[str, str] | None = None) -> None:
+    """Write uint8 (frames, height, width, 3); the codec follows the file extension unless given."""
+    path = Path(path)
+    default_codec, pix_fmt = CONTAINER_CODECS.get(path.suffix.lstrip(".").lower(), ("libx264", "yuv420p"))
+    codec = codec or default_codec
+    if codec == "ffv1":
+        pix_fmt = "bgr0"  # lossless RGB: what tests use to check exact frame selection
+    if pix_fmt == "yuv420p" and (clip.shape[1] % 2 or clip.shape[2] % 2):
+        # 4:2:0 chroma needs even sizes; replicate the last row/column rather than refuse.
+        clip = np.pad(clip, ((0, 0), (0, clip.shape[1] % 2), (0, clip.shape[2] % 2), (0, 0)), mode="edge")
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = clip.shape[2], clip.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
+        stream.pix_fmt = pix_fmt
+        stream.options = dict(options or {})
         for frame in clip:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

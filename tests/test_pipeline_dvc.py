@@ -1,0 +1,90 @@
+"""Integration: the shard flow through Prefect (ephemeral API) and `dvc repro` in a copy of the repo."""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcm.data.sharding import run_shard_stage
+from dcm.io import read_json
+from flows.shard import run as run_shard_flow
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+SMALL = {"train_samples: 2048": "train_samples: 40", "val_samples: 256": "val_samples: 8",
+         "samples_per_shard: 256": "samples_per_shard: 16"}
+
+
+def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
+    overrides = [f"shard.dir={tmp_path / 'flow'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+                 f"tracking.artifacts={tmp_path / 'art'}", "data.shapes.train_samples=40",
+                 "data.shapes.val_samples=8", "shard.samples_per_shard=8", "shard.workers=2"]
+    result = run_shard_flow(str(REPO / "params.yaml"), overrides)
+    serial = run_shard_stage(make_config("data.shapes.train_samples=40", "shard.samples_per_shard=8"))
+    assert result["manifest"]["splits"] == serial["splits"]
+    assert result["metrics"]["clips_written"] == 48 and result["run_id"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A fresh copy of the repo's tracked (and untracked, not ignored) files, as a git + DVC project."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    root = tmp_path / "project"
+    for name in listed:
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    params = (root / "params.yaml").read_text()
+    for old, new in SMALL.items():
+        assert old in params, old
+        params = params.replace(old, new)
+    (root / "params.yaml").write_text(params)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    return root
+
+
+def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for key in ("PREFECT_HOME", "VBENCH_CACHE_DIR"):
+        env.pop(key, None)  # the copy gets its own project-local homes, as a fresh clone would
+    return subprocess.run([str(BIN / "dvc"), *args], cwd=root, env=env, capture_output=True, text=True)
+
+
+def shard_runs(root: Path) -> int:
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return db.execute("select count(*) from tags where key = 'dcm.stage' and value = 'shard'").fetchone()[0]
+
+
+def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
+    first = dvc(project, "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    manifest = read_json(project / "data" / "shards" / "manifest.json")
+    assert manifest["splits"]["train"]["samples"] == 40
+    assert shard_runs(project) == 1
+    assert (project / ".prefect").is_dir()  # Prefect stayed inside the project
+
+    again = dvc(project, "repro")
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert shard_runs(project) == 1  # nothing re-ran
+
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("  frames: 8", "  frames: 6", 1))
+    changed = dvc(project, "repro")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert read_json(project / "data" / "shards" / "manifest.json")["clip"]["frames"] == 6
+    assert shard_runs(project) == 2
+
+
+def test_unknown_param_key_fails_with_one_line_naming_it(project):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("  shapes:\n", "  shapes:\n    colurs: [red]\n", 1))
+    result = dvc(project, "repro")
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "colurs" in line]
+    assert lines and "data.shapes.colurs: unknown key" in lines[0]
