@@ -132,6 +132,86 @@ class JudgeConfig(Strict):
     path_jitter: tuple[float, float]  # RMS distance of centroids from a straight constant-speed path
 
 
+class ScheduleConfig(Strict):
+    train_sigmas: int = Field(ge=2)  # the 1000-sigma training grid
+    euler_nodes: int = Field(ge=1)  # Euler sub-grid the teacher solves on (every train_sigmas/euler_nodes-th)
+    shift: float = Field(gt=0)  # s' = shift·s / (1 + (shift − 1)·s)
+
+    @model_validator(mode="after")
+    def _divides(self) -> ScheduleConfig:
+        if self.train_sigmas % self.euler_nodes:
+            raise ValueError(f"train_sigmas ({self.train_sigmas}) must be a multiple of euler_nodes ({self.euler_nodes})")
+        return self
+
+
+class TrainConfig(Strict):
+    """The shared training loop's knobs (teacher pretraining now; distillation stages later)."""
+
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    betas: tuple[float, float]
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)
+    grad_clip: float = Field(gt=0)
+    ema_decay: float = Field(ge=0, lt=1)
+    checkpoint_every: int = Field(ge=1)
+    keep_checkpoints: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+    shuffle_buffer: int = Field(ge=0)
+    time_limit_s: float | None = Field(gt=0)  # checkpoint and stop after this long; a re-run continues
+    device: str  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
+    precision: Literal["fp32", "bf16"]  # bf16 = autocast on CUDA; weights and optimiser stay fp32
+
+
+class ToyModelConfig(Strict):
+    """WanTransformer3DModel arguments for the toy teacher (the same class as Wan2.1, tiny)."""
+
+    patch_size: tuple[int, int, int]
+    num_attention_heads: int = Field(ge=1)
+    attention_head_dim: int = Field(ge=2)
+    num_layers: int = Field(ge=1)
+    ffn_dim: int = Field(ge=1)
+    freq_dim: int = Field(ge=2)
+    qk_norm: str | None
+    cross_attn_norm: bool
+
+
+class ToyTextConfig(Strict):
+    dim: int = Field(ge=2)  # width of the word-hash embeddings (= the transformer's text_dim)
+    max_tokens: int = Field(ge=1)
+    position_scale: float = Field(ge=0)  # weight of the sinusoidal word-position code
+
+
+class ToyTeacherConfig(Strict):
+    model: ToyModelConfig
+    text: ToyTextConfig
+    caption_dropout: float = Field(ge=0, lt=1)  # so that the teacher learns the unconditional velocity for CFG
+    logit_mean: float
+    logit_std: float = Field(gt=0)
+    train: TrainConfig
+
+
+class SamplingConfig(Strict):
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    eval_prompts: int = Field(ge=1)  # held-out prompts the teacher stage generates and judges
+    guidance_scale: float = Field(ge=0)  # real CFG weight (embedded guidance for guidance-distilled families)
+    fps: float = Field(gt=0)
+    mp4_crf: int = Field(ge=0, le=51)
+
+
+class TeacherConfig(Strict):
+    family: Literal["toy", "wan", "hunyuan", "cogvideox"]
+    path: str | None  # real families: local diffusers folder; toy: None (trained into out_dir/model)
+    max_text_tokens: int = Field(ge=1)  # real families' prompt length (Wan 512); the toy uses toy.text
+    negative_prompt: str  # the unconditional prompt of CFG ("" as in the reference code)
+    out_dir: str
+    checkpoint_dir: str
+    toy: ToyTeacherConfig
+    sampling: SamplingConfig
+
+
 class TrackingConfig(Strict):
     uri: str  # MLFLOW_TRACKING_URI in the environment wins, as MLflow users expect
     artifacts: str
@@ -139,11 +219,25 @@ class TrackingConfig(Strict):
 
 
 class DCMConfig(Strict):
+    profile: str  # a name from `profiles`, applied on top of this file ("default": nothing)
+    profiles: dict[str, dict[str, Any]]  # name → {"dotted.key": value}; same keys as -S overrides
     seed: int
     data: DataConfig
     shard: ShardConfig
     judge: JudgeConfig
+    schedule: ScheduleConfig
+    teacher: TeacherConfig
     tracking: TrackingConfig
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> DCMConfig:
+        if self.teacher.family == "toy" and self.teacher.path is not None:
+            raise ValueError("teacher.path must be null for the toy family (the pipeline trains it)")
+        if self.teacher.family != "toy" and not self.teacher.path:
+            raise ValueError(f"teacher.path must name the local diffusers folder of the {self.teacher.family} teacher")
+        if self.teacher.sampling.steps > self.schedule.euler_nodes:
+            raise ValueError(f"teacher.sampling.steps ({self.teacher.sampling.steps}) exceeds schedule.euler_nodes")
+        return self
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -197,8 +291,21 @@ def load_config(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
     tree = copy.deepcopy(tree)
-    for text in overrides or []:
-        apply_override(tree, *parse_override(text))
+    parsed = [parse_override(text) for text in overrides or []]
+    # The profile is chosen by the file or an override, then applied before the other overrides so
+    # that `-S key=value` always has the last word.
+    profile = next((value for key, value in reversed(parsed) if key == "profile"), tree.get("profile"))
+    if profile not in (None, "default"):
+        profiles = tree.get("profiles") or {}
+        if profile not in profiles:
+            raise ConfigError(f"profile: unknown profile {profile!r}; params.yaml defines {sorted(profiles)}")
+        for key, value in (profiles[profile] or {}).items():
+            try:
+                apply_override(tree, key, value)
+            except ConfigError as error:
+                raise ConfigError(f"profiles.{profile}: {error}") from None
+    for key, value in parsed:
+        apply_override(tree, key, value)
     return config_from_dict(tree, str(path))
 
 

@@ -42,12 +42,13 @@ def decode_sample(raw: dict) -> dict:
 
 
 def make_dataset(shard_dir: str | Path, split: str, *, shuffle_buffer: int = 0, seed: int = 0,
-                 resample: bool = False) -> wds.WebDataset:
+                 resample: bool = False, decode=decode_sample) -> wds.WebDataset:
     """An iterable of decoded samples.
 
     Each rank (RANK/WORLD_SIZE or torch.distributed) and each DataLoader worker reads a disjoint
     subset of shards. `resample=True` draws shards with replacement forever: the mode for training
-    with a fixed number of steps, where every rank must see the same number of batches.
+    with a fixed number of steps, where every rank must see the same number of batches. `decode=None`
+    yields the raw tar members (cheap to skip over when resuming).
     """
     files = shard_files(shard_dir, split)
     if not files:
@@ -57,4 +58,4 @@ def make_dataset(shard_dir: str | Path, split: str, *, shuffle_buffer: int = 0, 
                              workersplitter=wds.split_by_worker, seed=seed, empty_check=False)
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))
-    return dataset.map(decode_sample)
+    return dataset.map(decode) if decode else dataset

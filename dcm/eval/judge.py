@@ -196,3 +196,9 @@ def judge_clip(clip: np.ndarray, prompt: dict, data: DataConfig, cfg: JudgeConfi
     parts = dict(colour=float(colour), shape=float(shape), motion=motion, background=background,
                  object=float(object_score), coherence=coherence)
     return JudgeScores(**parts, overall=float(np.prod(list(parts.values()))))
+
+
+def judge_many(clips, prompts: list[dict], data: DataConfig, cfg: JudgeConfig) -> dict[str, float]:
+    """Mean of every sub-score and the overall score over clips judged against their prompts."""
+    scores = [judge_clip(clip, prompt, data, cfg).as_dict() for clip, prompt in zip(clips, prompts)]
+    return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}

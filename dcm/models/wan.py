@@ -1,0 +1,71 @@
+"""Wan2.1 family: WanTransformer3DModel + AutoencoderKLWan + UMT5, real classifier-free guidance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+from dcm.models.family import TeacherFamily
+
+
+class WanFamily(TeacherFamily):
+    name = "wan"
+    guidance = "cfg"
+    # Wan keeps the output modulation in `scale_shift_table` beside norm_out/proj_out: it is part of
+    # the output layers the detail expert re-learns.
+    detail_modules = ("condition_embedder", "norm_out", "proj_out", "scale_shift_table")
+    block_lists = ("blocks",)
+    components = {"transformer": True, "vae": True, "text_encoder": True, "tokenizer": False}
+
+    @classmethod
+    def _load(cls, folder: Path, device: torch.device, dtype: torch.dtype, max_text_tokens: int) -> WanFamily:
+        from transformers import AutoTokenizer, UMT5EncoderModel
+        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
+        vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32).to(device)
+        text = {"encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).to(device),
+                "tokenizer": AutoTokenizer.from_pretrained(folder / "tokenizer")}
+        return cls(transformer, vae, text, max_text_tokens)
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.transformer.config.patch_size)
+
+    def _compression(self) -> tuple[int, int]:
+        downsample = self.vae.config.temperal_downsample
+        return 2 ** sum(downsample), 2 ** len(downsample)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        temporal, spatial = self._compression()
+        return self.vae.config.z_dim, (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, -1, 1, 1, 1)
+        mean = torch.tensor(self.vae.config.latents_mean, device=like.device, dtype=like.dtype).view(shape)
+        std = torch.tensor(self.vae.config.latents_std, device=like.device, dtype=like.dtype).view(shape)
+        return mean, std
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        # The mode, not a sample: precomputed latents must not depend on an unseeded draw.
+        latents = self.vae.encode(video.to(self.vae.dtype)).latent_dist.mode()
+        mean, std = self._stats(latents)
+        return (latents - mean) / std
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(latents.float())
+        return self.vae.decode((latents.float() * std + mean).to(self.vae.dtype)).sample.clamp(-1, 1)
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """As WanPipeline does: T5 states of the real tokens, zeros after them, fixed length."""
+        tokenizer, encoder = self.text_parts["tokenizer"], self.text_parts["encoder"]
+        tokens = tokenizer(prompts, padding="max_length", max_length=self.max_text_tokens, truncation=True,
+                           add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, mask = tokens.input_ids.to(encoder.device), tokens.attention_mask.to(encoder.device)
+        states = encoder(ids, mask).last_hidden_state
+        return {"embeds": states * mask.unsqueeze(-1).to(states.dtype), "mask": mask.bool()}
+
+    def velocity(self, latents, sigma, cond, guidance=None):
+        dtype = self.transformer.dtype
+        return self.transformer(hidden_states=latents.to(dtype), timestep=self.timestep(sigma).to(dtype),
+                                encoder_hidden_states=cond["embeds"].to(dtype), return_dict=False)[0]

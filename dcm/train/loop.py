@@ -1,0 +1,127 @@
+"""The one training loop every method shares: optimiser, warm-up, clipping, EMA, bf16 autocast,
+checkpoints with exact resume, NaN guard, and metric callbacks.
+
+A method supplies `module` (what trains) and `loss(batch, generator) -> (loss, logs)`. Every random
+draw goes through the single `generator`, which is checkpointed, so a run stopped at step k and
+resumed reproduces an uninterrupted run's loss sequence exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import torch
+from torch import nn
+
+from dcm.config import TrainConfig
+from dcm.errors import StageError
+from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+class Method(Protocol):
+    module: nn.Module
+
+    def loss(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class Stream(Protocol):
+    def batches(self, size: int) -> Iterator: ...
+    def state(self) -> dict: ...
+    def restore(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # the whole run's, resumed parts included
+    ema: nn.Module | None = None
+    resumed_from: int = 0
+    stopped_early: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(step: int, warmup: int) -> float:
+    """Linear warm-up from 1/warmup to 1, then constant (the EMA does the averaging)."""
+    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for target, source in zip(ema.parameters(), model.parameters()):
+        target.lerp_(source.detach(), 1.0 - decay)
+
+
+def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path, seed: int,
+          on_log: Callable[[int, dict], None] | None = None, stop_after: int | None = None,
+          time_limit_s: float | None = None) -> TrainResult:
+    """Train to cfg.steps (resuming from the newest checkpoint); stop early after `stop_after` steps of
+    this call or `time_limit_s` seconds, checkpointing first so that the next call continues."""
+    device = next(method.module.parameters()).device
+    trainable = [p for p in method.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup_steps))
+    ema = copy.deepcopy(method.module).requires_grad_(False) if cfg.ema_decay > 0 else None
+    generator = torch.Generator().manual_seed(seed)
+    modules = {"model": method.module, **({"ema": ema} if ema is not None else {})}
+    result = TrainResult(steps=0)
+    latest = latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        state = load_checkpoint(latest, modules, {"optimizer": optimizer}, generator)
+        scheduler.load_state_dict(state["scheduler"])
+        stream.restore(state["stream"])
+        result.steps = result.resumed_from = state["step"]
+        result.losses = list(state["losses"])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
+
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_dir, result.steps, modules, {"optimizer": optimizer}, generator,
+                        {"stream": stream.state(), "losses": result.losses, "scheduler": scheduler.state_dict()},
+                        cfg.keep_checkpoints)
+
+    started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
+    batches = stream.batches(cfg.batch_size)
+    while result.steps < cfg.steps:
+        method.module.train()
+        with autocast:
+            loss, logs = method.loss(next(batches), generator)
+        if not torch.isfinite(loss):
+            raise StageError(f"loss became {loss.item()} at step {result.steps + 1}; the last good checkpoint in "
+                             f"{checkpoint_dir} is kept. Lower the learning rate or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise StageError(f"gradient norm became {grad_norm.item()} at step {result.steps + 1}; the last good "
+                             f"checkpoint in {checkpoint_dir} is kept")
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema_update(ema, method.module, cfg.ema_decay)
+        result.steps += 1
+        done_here += 1
+        result.losses.append(float(loss.detach()))
+        if on_log and (result.steps % cfg.log_every == 0 or result.steps == cfg.steps):
+            elapsed = time.perf_counter() - window_start
+            on_log(result.steps, {"loss": result.losses[-1], "grad_norm": float(grad_norm),
+                                  "lr": scheduler.get_last_lr()[0], **logs,
+                                  "samples_per_s": cfg.log_every * cfg.batch_size / max(elapsed, 1e-9)})
+            window_start = time.perf_counter()
+        out_of_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
+        stopping = (stop_after is not None and done_here >= stop_after) or out_of_time
+        if result.steps % cfg.checkpoint_every == 0 or result.steps == cfg.steps or stopping:
+            checkpoint()
+        if stopping and result.steps < cfg.steps:
+            result.stopped_early = True
+            break
+    result.ema = ema
+    return result
