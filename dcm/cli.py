@@ -41,6 +41,34 @@ def cmd_shard(args) -> int:
     return 0
 
 
+def cmd_teacher(args) -> int:
+    from flows.teacher import teacher_flow
+    result = teacher_flow(args.params, args.overrides)
+    metrics = result["manifest"].get("metrics", {})
+    summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+    print(f"teacher: {load_config(args.params, args.overrides).teacher.out_dir} ({summary}); MLflow run {result['run_id']}")
+    return 0
+
+
+def cmd_precompute(args) -> int:
+    from flows.precompute import precompute_flow
+    result = precompute_flow(args.params, args.overrides)
+    if result["manifest"] is not None:
+        counts = ", ".join(f"{split} {e['samples']} samples ({e['trajectories']} trajectories)"
+                           for split, e in result["manifest"]["splits"].items())
+        print(f"latents: {load_config(args.params, args.overrides).precompute.dir} ({counts}); "
+              f"MLflow run {result['run_id']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from dcm.generate import generate_to_file
+    cfg = load_config(args.params, args.overrides)
+    path = generate_to_file(cfg, args.model, args.prompt, args.steps, args.seed, args.guidance, Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_status(args) -> int:
     from dcm.status import describe
     print(describe(load_config(args.params, args.overrides)))
@@ -60,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     shard = commands.add_parser("shard", help="write clips (shapes or your videos) into WebDataset shards")
     _add_config_args(shard)
     shard.set_defaults(func=cmd_shard)
+
+    teacher = commands.add_parser("teacher", help="pretrain the toy teacher, or validate a real teacher folder")
+    _add_config_args(teacher)
+    teacher.set_defaults(func=cmd_teacher)
+
+    precompute = commands.add_parser("precompute", help="latents, text embeddings and teacher trajectories")
+    _add_config_args(precompute)
+    precompute.set_defaults(func=cmd_precompute)
+
+    generate = commands.add_parser("generate", help="generate one clip from a prompt and write an mp4")
+    generate.add_argument("prompt")
+    generate.add_argument("--model", choices=["teacher"], default="teacher")
+    generate.add_argument("--steps", type=int, help="Euler steps (default: teacher.sampling.steps)")
+    generate.add_argument("--guidance", type=float, help="guidance scale (default: teacher.sampling.guidance_scale)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", default="clip.mp4")
+    _add_config_args(generate)
+    generate.set_defaults(func=cmd_generate)
 
     status = commands.add_parser("status", help="where the outputs and MLflow runs of each stage are")
     _add_config_args(status)

@@ -212,6 +212,16 @@ class TeacherConfig(Strict):
     sampling: SamplingConfig
 
 
+class PrecomputeConfig(Strict):
+    dir: str
+    batch_size: int = Field(ge=1)
+    dtype: Literal["float32", "float16", "bfloat16"]  # storage type of latents, embeddings, trajectories
+    trajectories_per_shard: int | None = Field(ge=0)  # samples per shard with a teacher solve; None: all
+    trajectory_nodes: Literal["all"] | list[int]  # Euler nodes whose states are stored
+    device: str
+    wait_for_ranks_s: float = Field(gt=0)  # how long rank 0 waits for the other ranks' shards
+
+
 class TrackingConfig(Strict):
     uri: str  # MLFLOW_TRACKING_URI in the environment wins, as MLflow users expect
     artifacts: str
@@ -227,6 +237,7 @@ class DCMConfig(Strict):
     judge: JudgeConfig
     schedule: ScheduleConfig
     teacher: TeacherConfig
+    precompute: PrecomputeConfig
     tracking: TrackingConfig
 
     @model_validator(mode="after")
@@ -235,6 +246,9 @@ class DCMConfig(Strict):
             raise ValueError("teacher.path must be null for the toy family (the pipeline trains it)")
         if self.teacher.family != "toy" and not self.teacher.path:
             raise ValueError(f"teacher.path must name the local diffusers folder of the {self.teacher.family} teacher")
+        nodes = self.precompute.trajectory_nodes
+        if nodes != "all" and not all(0 <= n < self.schedule.euler_nodes for n in nodes):
+            raise ValueError(f"precompute.trajectory_nodes must lie in [0, {self.schedule.euler_nodes})")
         if self.teacher.sampling.steps > self.schedule.euler_nodes:
             raise ValueError(f"teacher.sampling.steps ({self.teacher.sampling.steps}) exceeds schedule.euler_nodes")
         return self

@@ -68,8 +68,10 @@ def _experiment_id(cfg: TrackingConfig, root: Path) -> str:
 
 
 @contextmanager
-def stage_run(cfg: TrackingConfig, stage: str, params: dict, root: Path | None = None) -> Iterator[StageRun]:
-    """Open the stage's run (nested under DCM_PARENT_RUN_ID when a pipeline run set it)."""
+def stage_run(cfg: TrackingConfig, stage: str, params: dict, root: Path | None = None,
+              system_metrics: bool = False) -> Iterator[StageRun]:
+    """Open the stage's run (nested under DCM_PARENT_RUN_ID when a pipeline run set it); training
+    stages also record CPU/GPU/memory use (MLflow system metrics)."""
     if not is_rank_zero():
         yield StageRun(None, stage)
         return
@@ -78,6 +80,7 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict, root: Path | None =
     mlflow.set_tracking_uri(tracking_uri(cfg))
     parent = os.environ.get("DCM_PARENT_RUN_ID") or None
     with mlflow.start_run(experiment_id=_experiment_id(cfg, root), run_name=stage, parent_run_id=parent,
-                          nested=parent is not None, tags={"dcm.stage": stage, **git_state(root)}) as run:
+                          nested=parent is not None, tags={"dcm.stage": stage, **git_state(root)},
+                          log_system_metrics=system_metrics) as run:
         mlflow.log_params({k: str(v)[:MLFLOW_PARAM_CHARS] for k, v in flatten(params).items()})
         yield StageRun(run.info.run_id, stage)

@@ -59,3 +59,9 @@ def make_dataset(shard_dir: str | Path, split: str, *, shuffle_buffer: int = 0, 
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))
     return dataset.map(decode) if decode else dataset
+
+
+def read_shard(path: str | Path) -> wds.WebDataset:
+    """Raw samples of one shard in stored order: no shuffling, no splitting across ranks or workers."""
+    return wds.WebDataset([str(path)], shardshuffle=False, nodesplitter=None, workersplitter=None,
+                          empty_check=False)

@@ -9,13 +9,11 @@ job (sorted inputs, fixed tar metadata, lossless PNG), so the same inputs give b
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from dcm.config import DCMConfig, config_to_dict
 from dcm.data.clip_codec import encode_clip
@@ -23,13 +21,12 @@ from dcm.data.ingest import Skip, VideoInput, discover_videos
 from dcm.data.shapes import make_sample
 from dcm.data.video_io import VideoError, decode_clips
 from dcm.errors import StageError
-from dcm.io import atomic_path, read_json, sha256_file, sha256_json, write_json_atomic
+from dcm.data.shardfiles import SPLITS, finished_sidecar, remove_stale, shard_paths, shard_writer
+from dcm.io import atomic_path, sha256_file, sha256_json, write_json_atomic
 
-SPLITS = ("train", "val")
 CLIP_FORMAT = "png-filmstrip"
 MANIFEST = "manifest.json"
 SHAPES_ATTRIBUTES = ("shape", "colour", "background", "direction")
-TAR_OWNER = "dcm"
 
 
 class ShardStageError(StageError):
@@ -65,11 +62,6 @@ class ShardResult:
         record = dict(self.__dict__)
         record.pop("reused")
         return record
-
-
-def shard_paths(out_dir: Path, job_name: str) -> tuple[Path, Path]:
-    split = job_name.split("-")[0]
-    return out_dir / split / f"{job_name}.tar", out_dir / split / f"{job_name}.json"
 
 
 def _data_fingerprint(cfg: DCMConfig) -> dict:
@@ -125,24 +117,16 @@ def _samples_of(job: ShardJob, cfg: DCMConfig, videos_dir: Path, skipped: list[d
 def write_shard(job: ShardJob, cfg: DCMConfig, out_dir: Path, videos_dir: Path | None = None) -> ShardResult:
     """Write (or reuse, if a finished identical one is on disk) the shard of one job."""
     out_dir = Path(out_dir)
+    previous = finished_sidecar(out_dir, job.name, job.fingerprint)
+    if previous is not None:
+        return ShardResult(**previous, reused=True)
     tar_path, sidecar_path = shard_paths(out_dir, job.name)
-    if tar_path.is_file() and sidecar_path.is_file():
-        try:
-            previous = read_json(sidecar_path)
-        except (json.JSONDecodeError, OSError):
-            previous = None
-        if previous and previous.get("fingerprint") == job.fingerprint and previous.get("sha256") == sha256_file(tar_path):
-            return ShardResult(**previous, reused=True)
     videos_dir = Path(videos_dir or cfg.data.videos.dir)
     skipped: list[dict] = []
     counts: dict[str, Counter] = {a: Counter() for a in SHAPES_ATTRIBUTES}
     pixel_sum, pixel_sq, pixels, samples = np.zeros(3), np.zeros(3), 0, 0
     with atomic_path(tar_path) as tmp, open(tmp, "wb") as handle:
-        # One job is one shard: the writer never rolls over (no count or size limit); `opener` sends
-        # it to the temporary file; fixed mtime/owner keep tar headers free of when and who.
-        writer = wds.ShardWriter(f"{job.split}-%06d.tar", maxcount=sys.maxsize, maxsize=float("inf"),
-                                 start_shard=job.index, verbose=0, opener=lambda _name: handle,
-                                 encoder=False, mtime=0, user=TAR_OWNER, group=TAR_OWNER)
+        writer = shard_writer(handle, job.split, job.index)
         for key, clip, caption, meta in _samples_of(job, cfg, videos_dir, skipped):
             meta = {**meta, "key": key, "frames": int(clip.shape[0]), "height": int(clip.shape[1]),
                     "width": int(clip.shape[2]), "fps": cfg.data.fps, "format": CLIP_FORMAT}
@@ -165,16 +149,6 @@ def write_shard(job: ShardJob, cfg: DCMConfig, out_dir: Path, videos_dir: Path |
     )
     write_json_atomic(sidecar_path, result.sidecar())
     return result
-
-
-def _remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
-    removed = []
-    for split in SPLITS:
-        for path in sorted((out_dir / split).glob(f"{split}-*")):
-            if path.name.split(".")[0] not in keep:
-                path.unlink()
-                removed.append(path.name)
-    return removed
 
 
 def _dataset_stats(results: list[ShardResult]) -> dict:
@@ -207,7 +181,7 @@ def finalize(cfg: DCMConfig, jobs: list[ShardJob], results: list[ShardResult], s
             f"{cfg.data.videos.max_skip_fraction} (finished shards are kept for the re-run). {listing}")
     if cfg.data.source == "videos" and sum(r.samples for r in results) == 0:
         raise ShardStageError(f"no clips came out of {cfg.data.videos.dir}: add videos or check data.videos")
-    removed = _remove_stale(out_dir, {j.name for j in jobs})
+    removed = remove_stale(out_dir, {j.name for j in jobs})
     splits = {}
     for split in SPLITS:
         chosen = [r for r in results if r.split == split]

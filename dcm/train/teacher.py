@@ -21,7 +21,7 @@ from dcm.data.tensors import clips_to_video, video_to_clips
 from dcm.errors import StageError
 from dcm.eval.judge import judge_many
 from dcm.eval.prompts import heldout_prompts
-from dcm.io import write_json_atomic
+from dcm.io import read_json, write_json_atomic
 from dcm.models.family import folder_hash, validate_folder
 from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
@@ -57,6 +57,14 @@ def load_teacher(cfg: DCMConfig, device: torch.device | str = "cpu", dtype: torc
     if cfg.teacher.family == "toy" and not folder.is_dir():
         raise StageError(f"{folder} not found: run the teacher stage first (dvc repro teacher)")
     return family_class(cfg.teacher.family).load(folder, cfg.teacher.max_text_tokens, device, dtype)
+
+
+def teacher_content_hash(cfg: DCMConfig) -> str:
+    """The content hash the teacher stage recorded: what downstream fingerprints depend on."""
+    path = Path(cfg.teacher.out_dir) / MANIFEST
+    if not path.is_file():
+        raise StageError(f"{path} not found: run the teacher stage first (dvc repro teacher)")
+    return read_json(path)["content_hash"]
 
 
 def judge_teacher(teacher, cfg: DCMConfig, steps: int | None = None) -> tuple[dict, np.ndarray, list[dict]]:
