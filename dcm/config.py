@@ -159,6 +159,7 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(ge=1)
     log_every: int = Field(ge=1)
     shuffle_buffer: int = Field(ge=0)
+    prefetch_batches: int = Field(ge=1)  # batches assembled ahead on a background thread
     time_limit_s: float | None = Field(gt=0)  # checkpoint and stop after this long; a re-run continues
     device: str  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"]  # bf16 = autocast on CUDA; weights and optimiser stay fp32
@@ -187,6 +188,8 @@ class ToyTeacherConfig(Strict):
     model: ToyModelConfig
     text: ToyTextConfig
     caption_dropout: float = Field(ge=0, lt=1)  # so that the teacher learns the unconditional velocity for CFG
+    prediction: Literal["x0", "velocity"]  # what the network outputs; callers always get a velocity
+    min_sigma: float = Field(gt=0, le=1)  # floor of s in v = (x_s − x̂0)/s when prediction is x0
     logit_mean: float
     logit_std: float = Field(gt=0)
     train: TrainConfig

@@ -20,7 +20,20 @@ def make_config(tmp_path):
     def build(*overrides: str):
         base = [f"shard.dir={tmp_path / 'shards'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
                 f"tracking.artifacts={tmp_path / 'mlartifacts'}", "data.shapes.train_samples=24",
-                "data.shapes.val_samples=8", "shard.samples_per_shard=10"]
+                "data.shapes.val_samples=8", "shard.samples_per_shard=10",
+                f"teacher.out_dir={tmp_path / 'teacher'}", f"teacher.checkpoint_dir={tmp_path / 'ckpt' / 'teacher'}",
+                f"precompute.dir={tmp_path / 'latents'}"]
         return load_config(REPO / "params.yaml", base + list(overrides))
 
     return build
+
+
+# A teacher small enough to train and sample in seconds on CPU: 4 frames of 16×16, one block.
+TINY_TEACHER = ["data.frames=4", "data.height=16", "data.width=16", "teacher.toy.model.num_layers=1",
+                "teacher.toy.model.num_attention_heads=2", "teacher.toy.model.attention_head_dim=8",
+                "teacher.toy.model.ffn_dim=16", "teacher.toy.model.freq_dim=16", "teacher.toy.text.dim=16",
+                "teacher.toy.train.steps=4", "teacher.toy.train.batch_size=4", "teacher.toy.train.warmup_steps=2",
+                "teacher.toy.train.checkpoint_every=2", "teacher.toy.train.log_every=1",
+                "teacher.toy.train.shuffle_buffer=8", "teacher.toy.train.device=cpu", "teacher.sampling.steps=6",
+                "teacher.sampling.eval_prompts=3", "schedule.euler_nodes=10", "precompute.batch_size=3",
+                "precompute.trajectories_per_shard=2", "precompute.dtype=float32", "precompute.device=cpu"]

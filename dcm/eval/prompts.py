@@ -8,14 +8,15 @@ from dcm.data.reader import make_dataset
 
 
 def heldout_prompts(shard_dir: str | Path, count: int) -> list[dict]:
-    """The first `count` val samples whose colour+shape pair never appeared in training (all val
-    samples when the config holds nothing out). Each entry: caption, ground truth, seed."""
-    chosen, fallback = [], []
-    for sample in make_dataset(shard_dir, "val"):
+    """`count` val samples, those whose colour+shape pair never appeared in training first, topped up
+    with the other val samples when there are too few. Each entry: caption, ground truth, seed."""
+    heldout, others = [], []
+    for number, sample in enumerate(make_dataset(shard_dir, "val")):
         meta = sample["meta"]
-        entry = {"caption": sample["caption"], "seed": int(meta.get("index", len(fallback))),
+        entry = {"caption": sample["caption"], "seed": int(meta.get("index", number)),
+                 "heldout": bool(meta.get("heldout")),
                  **{k: meta[k] for k in ("shape", "colour", "background", "direction") if k in meta}}
-        (chosen if meta.get("heldout") else fallback).append(entry)
-        if len(chosen) >= count:
+        (heldout if entry["heldout"] else others).append(entry)
+        if len(heldout) >= count:
             break
-    return (chosen or fallback)[:count]
+    return (heldout + others)[:count]

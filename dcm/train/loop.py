@@ -9,6 +9,8 @@ resumed reproduces an uninterrupted run's loss sequence exactly on CPU.
 from __future__ import annotations
 
 import copy
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,44 @@ class Method(Protocol):
     module: nn.Module
 
     def loss(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class Prefetcher:
+    """Assembles batches on a background thread (decoding overlaps the GPU step) while keeping resume
+    exact: every batch carries the stream position right after it, and checkpoints store the position
+    after the last batch actually consumed, not after what was prefetched."""
+
+    def __init__(self, stream: "Stream", batch_size: int, depth: int):
+        self.consumed_state = stream.state()
+        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(stream, batch_size), daemon=True)
+        self._thread.start()
+
+    def _fill(self, stream, batch_size: int) -> None:
+        try:
+            for batch in stream.batches(batch_size):
+                item = (batch, stream.state())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as error:  # surface data errors in the training thread
+            self._queue.put((error, None))
+
+    def __next__(self):
+        batch, state = self._queue.get()
+        if isinstance(batch, BaseException):
+            raise batch
+        self.consumed_state = state
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class Stream(Protocol):
@@ -54,10 +94,23 @@ def lr_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup) if warmup else 1.0
 
 
+def ema_decay_at(step: int, decay: float) -> float:
+    """Warm-up as diffusers' EMAModel does: min(decay, (1 + step) / (10 + step)). Without it a 0.999
+    EMA would still hold a third of the random initialisation after 1000 steps."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for target, source in zip(ema.parameters(), model.parameters()):
         target.lerp_(source.detach(), 1.0 - decay)
+
+
+def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on `device` seeded by one draw from the CPU generator: large noise tensors are drawn
+    where they are used, and the CPU generator's state alone still makes runs resumable."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device).manual_seed(seed)
 
 
 def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path, seed: int,
@@ -85,15 +138,16 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_dir, result.steps, modules, {"optimizer": optimizer}, generator,
-                        {"stream": stream.state(), "losses": result.losses, "scheduler": scheduler.state_dict()},
-                        cfg.keep_checkpoints)
+                        {"stream": batches.consumed_state, "losses": result.losses,
+                         "scheduler": scheduler.state_dict()}, cfg.keep_checkpoints)
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
-    batches = stream.batches(cfg.batch_size)
+    batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches)
     while result.steps < cfg.steps:
         method.module.train()
+        batch = next(batches)
         with autocast:
-            loss, logs = method.loss(next(batches), generator)
+            loss, logs = method.loss(batch, generator)
         if not torch.isfinite(loss):
             raise StageError(f"loss became {loss.item()} at step {result.steps + 1}; the last good checkpoint in "
                              f"{checkpoint_dir} is kept. Lower the learning rate or check the data")
@@ -106,7 +160,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
         optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema_update(ema, method.module, cfg.ema_decay)
+            ema_update(ema, method.module, ema_decay_at(result.steps, cfg.ema_decay))
         result.steps += 1
         done_here += 1
         result.losses.append(float(loss.detach()))
@@ -123,5 +177,6 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
         if stopping and result.steps < cfg.steps:
             result.stopped_early = True
             break
+    batches.close()
     result.ema = ema
     return result

@@ -27,7 +27,7 @@ from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
 from dcm.schedule import add_noise, sample_training_sigmas, sampling_sigmas
-from dcm.train.loop import resolve_device, train
+from dcm.train.loop import device_generator, resolve_device, train
 
 MANIFEST, METRICS, MODEL = "manifest.json", "metrics.json", "model"
 
@@ -43,7 +43,7 @@ class FlowMatchingPretraining:
         drop = (torch.rand(len(batch), generator=generator) < toy.caption_dropout).tolist()
         captions = [self.cfg.teacher.negative_prompt if d else s["caption"] for s, d in zip(batch, drop)]
         latents = self.teacher.encode_video(clips_to_video(np.stack([s["clip"] for s in batch])).to(device))
-        noise = torch.randn(latents.shape, generator=generator).to(device)
+        noise = torch.randn(latents.shape, generator=device_generator(generator, device), device=device)
         sigma = sample_training_sigmas(len(batch), self.cfg.schedule, generator, toy.logit_mean, toy.logit_std)
         sigma = sigma.float().to(device)
         prediction = self.teacher.velocity(add_noise(latents, noise, sigma), sigma,

@@ -1,0 +1,105 @@
+"""Run the shard and teacher stages without the orchestration stack, e.g. on a bare GPU box.
+
+    python scripts/run_stages.py --out results/ -S profile=gpu [-S key=value ...] [--workers 14]
+
+The stage functions are the ones `dvc repro` runs through Prefect; this driver only swaps the
+orchestration for a process pool (shards) and prints progress instead of logging to MLflow. It writes
+the teacher's metrics, a sample grid (PNG) and the trained teacher (tar, split into 15 MB parts) to
+--out, which is what the GPU rows of BENCHMARKS.md were measured with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dcm.config import load_config
+from dcm.data.sharding import finalize, plan_shards, write_shard
+from dcm.errors import StageError
+from dcm.train.teacher import run_teacher_stage
+
+REPO = Path(__file__).resolve().parents[1]
+PART_BYTES = 15 * 2**20
+
+
+def shard(cfg, workers: int) -> None:
+    jobs, skips = plan_shards(cfg)
+    with get_context("spawn").Pool(workers) as pool:
+        results = pool.map(partial(write_shard, cfg=cfg, out_dir=Path(cfg.shard.dir)), jobs)
+    finalize(cfg, jobs, results, skips, Path(cfg.shard.dir))
+
+
+def sample_grid(clips: np.ndarray, path: Path, frames: int) -> None:
+    """One row per clip, `frames` evenly spaced frames per row."""
+    picks = np.linspace(0, clips.shape[1] - 1, frames).round().astype(int)
+    rows = [np.concatenate(list(clip[picks]), axis=1) for clip in clips]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", default="/tmp/dcm-work")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--grid-rows", type=int, default=12)
+    parser.add_argument("--grid-frames", type=int, default=8)
+    parser.add_argument("--stages", default="shard,teacher", help="comma-separated subset of shard,teacher")
+    parser.add_argument("--no-model", action="store_true", help="do not copy the trained teacher to --out")
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [f"shard.dir={work}/shards", f"teacher.out_dir={work}/teacher",
+                 f"teacher.checkpoint_dir={work}/checkpoints/teacher", *args.overrides]
+    cfg = load_config(REPO / "params.yaml", overrides)
+    timings, curve = {}, []
+    stages = args.stages.split(",")
+    if "shard" in stages:
+        start = time.perf_counter()
+        shard(cfg, args.workers)
+        timings["shard_s"] = time.perf_counter() - start
+    if "teacher" not in stages:
+        return
+
+    def on_log(step: int, metrics: dict) -> None:
+        curve.append({"step": step, **metrics})
+        print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+
+    start = time.perf_counter()
+    try:
+        result = run_teacher_stage(cfg, on_log=on_log)
+    except StageError as stopped:  # the time limit ran out: finish at the step reached
+        print(stopped, flush=True)
+        reached = json.loads(sorted((work / "checkpoints/teacher").glob("step-*"))[-1].joinpath("state.json").read_text())["step"]
+        cfg = load_config(REPO / "params.yaml", [*overrides, f"teacher.toy.train.steps={reached}"])
+        result = run_teacher_stage(cfg, on_log=on_log)
+    timings["teacher_s"] = time.perf_counter() - start
+    device = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() "
+                             "if torch.cuda.is_available() else 'cpu')"], capture_output=True, text=True).stdout.strip()
+    report = {"device": device, "overrides": args.overrides, **timings, **result["manifest"],
+              "grid_prompts": [p["caption"] for p in result["prompts"][: args.grid_rows]], "curve": curve}
+    (out / "teacher_metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    sample_grid(result["clips"][: args.grid_rows], out / "teacher_samples.png", args.grid_frames)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sampling", "curve")}, default=str), flush=True)
+    if args.no_model:
+        return
+    archive = work / "teacher_model.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(work / "teacher" / "model", arcname="model")
+    data = archive.read_bytes()
+    for number, begin in enumerate(range(0, len(data), PART_BYTES)):
+        (out / f"teacher_model.tar.part{number}").write_bytes(data[begin:begin + PART_BYTES])
+
+
+if __name__ == "__main__":
+    main()

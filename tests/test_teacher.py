@@ -1,0 +1,57 @@
+"""Teacher stage on a tiny toy: exact resume, diffusers-layout output, judge metrics, `dcm generate`."""
+
+import json
+import subprocess
+import sys
+
+import av
+import pytest
+
+from dcm.data.sharding import run_shard_stage
+from dcm.errors import StageError
+from dcm.models.toy import ToyFamily
+from dcm.train.teacher import run_teacher_stage
+from tests.conftest import REPO, TINY_TEACHER
+
+
+@pytest.fixture
+def tiny(make_config):
+    cfg = make_config(*TINY_TEACHER)
+    run_shard_stage(cfg)
+    return cfg
+
+
+def test_stop_and_resume_reproduces_the_uninterrupted_losses(tmp_path, make_config, tiny):
+    straight = run_teacher_stage(tiny)
+    other = make_config(*TINY_TEACHER, f"teacher.out_dir={tmp_path / 't2'}",
+                        f"teacher.checkpoint_dir={tmp_path / 'c2'}")
+    with pytest.raises(StageError, match="stopped at step 2 of 4"):
+        run_teacher_stage(other, stop_after=2)
+    resumed = run_teacher_stage(other)
+    assert resumed["manifest"]["resumed_from"] == 2
+    assert resumed["losses"] == straight["losses"] and len(straight["losses"]) == 4
+
+
+def test_output_is_a_diffusers_folder_with_judge_metrics(tiny):
+    result = run_teacher_stage(tiny)
+    folder = tiny.teacher.out_dir + "/model"
+    index = json.loads(open(f"{folder}/model_index.json").read())
+    assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
+    teacher = ToyFamily.load(folder, max_text_tokens=0)
+    assert teacher.transformer.config.num_layers == 1
+    metrics = json.loads(open(f"{tiny.teacher.out_dir}/metrics.json").read())
+    assert set(metrics) >= {"final_loss", "judge_overall", "judge_colour", "judge_shape", "judge_motion"}
+    assert result["clips"].shape == (3, 4, 16, 16, 3)
+
+
+def test_generate_writes_a_playable_mp4(tmp_path, tiny):
+    run_teacher_stage(tiny)
+    overrides = [f"shard.dir={tiny.shard.dir}", f"teacher.out_dir={tiny.teacher.out_dir}", *TINY_TEACHER]
+    out = tmp_path / "clip.mp4"
+    result = subprocess.run([sys.executable, "-m", "dcm.cli", "generate", "a red circle moving left", "--steps", "5",
+                             "--out", str(out), "--params", str(REPO / "params.yaml"),
+                             *sum((["-S", o] for o in overrides), [])], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
