@@ -85,17 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show)
     show.set_defaults(func=cmd_config_show)
 
-    shard = commands.add_parser("shard", help="write clips (shapes or your videos) into WebDataset shards")
-    _add_config_args(shard)
-    shard.set_defaults(func=cmd_shard)
-
-    teacher = commands.add_parser("teacher", help="pretrain the toy teacher, or validate a real teacher folder")
-    _add_config_args(teacher)
-    teacher.set_defaults(func=cmd_teacher)
-
-    precompute = commands.add_parser("precompute", help="latents, text embeddings and teacher trajectories")
-    _add_config_args(precompute)
-    precompute.set_defaults(func=cmd_precompute)
+    for name, func, text in (
+            ("shard", cmd_shard, "write clips (shapes or your videos) into WebDataset shards"),
+            ("teacher", cmd_teacher, "pretrain the toy teacher, or validate a real teacher folder"),
+            ("precompute", cmd_precompute, "latents, text embeddings and teacher trajectories")):
+        stage = commands.add_parser(name, help=text)
+        _add_config_args(stage)
+        stage.set_defaults(func=func)
 
     generate = commands.add_parser("generate", help="generate one clip from a prompt and write an mp4")
     generate.add_argument("prompt")

@@ -34,6 +34,24 @@ def describe(cfg: DCMConfig) -> str:
         lines.append(f"shard     {cfg.shard.dir}: {counts}; {len(manifest['skipped'])} inputs skipped")
     else:
         lines.append(f"shard     not run yet ({shards} missing)")
+    teacher = Path(cfg.teacher.out_dir) / "manifest.json"
+    if teacher.is_file():
+        manifest = read_json(teacher)
+        judge = manifest.get("metrics", {}).get("judge_overall")
+        where = cfg.teacher.out_dir + "/model" if manifest["family"] == "toy" else manifest["path"]
+        lines.append(f"teacher   {where}: {manifest['family']}"
+                     + (f", {manifest['steps']} steps, judge overall {judge:.3f} on held-out prompts"
+                        if judge is not None else ""))
+    else:
+        lines.append(f"teacher   not run yet ({teacher} missing)")
+    latents = Path(cfg.precompute.dir) / "manifest.json"
+    if latents.is_file():
+        manifest = read_json(latents)
+        counts = ", ".join(f"{split} {e['samples']} samples ({e['trajectories']} with trajectories)"
+                           for split, e in manifest["splits"].items())
+        lines.append(f"latents   {cfg.precompute.dir}: {counts}")
+    else:
+        lines.append(f"latents   not run yet ({latents} missing)")
     runs = _latest_runs(cfg)
     uri = tracking_uri(cfg.tracking)
     lines.append(f"MLflow    {uri} (browse: mlflow ui --backend-store-uri {uri})")

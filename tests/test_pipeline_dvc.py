@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dcm.data.sharding import run_shard_stage
 from dcm.io import read_json
 from flows.shard import run as run_shard_flow
-from tests.conftest import REPO
+from dcm.config import parse_override
+from tests.conftest import REPO, TINY_TEACHER
 
 BIN = Path(sys.executable).parent
-SMALL = {"train_samples: 2048": "train_samples: 40", "val_samples: 256": "val_samples: 8",
-         "samples_per_shard: 256": "samples_per_shard: 16"}
+SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16"]
 
 
 def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
@@ -39,11 +40,11 @@ def project(tmp_path):
         if (REPO / name).is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
-    params = (root / "params.yaml").read_text()
-    for old, new in SMALL.items():
-        assert old in params, old
-        params = params.replace(old, new)
-    (root / "params.yaml").write_text(params)
+    # A `tiny` profile, selected in the file: the pipeline as shipped, only smaller.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["profiles"]["tiny"] = dict(parse_override(o) for o in SMALL + TINY_TEACHER)
+    params["profile"] = "tiny"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     return root
 
@@ -56,9 +57,9 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "dvc"), *args], cwd=root, env=env, capture_output=True, text=True)
 
 
-def shard_runs(root: Path) -> int:
+def stage_runs(root: Path, stage: str) -> int:
     with sqlite3.connect(root / "mlflow.db") as db:
-        return db.execute("select count(*) from tags where key = 'dcm.stage' and value = 'shard'").fetchone()[0]
+        return db.execute("select count(*) from tags where key = 'dcm.stage' and value = ?", (stage,)).fetchone()[0]
 
 
 def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
@@ -66,24 +67,35 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert first.returncode == 0, first.stdout + first.stderr
     manifest = read_json(project / "data" / "shards" / "manifest.json")
     assert manifest["splits"]["train"]["samples"] == 40
-    assert shard_runs(project) == 1
+    assert read_json(project / "data" / "latents" / "manifest.json")["splits"]["train"]["samples"] == 40
+    assert (project / "data" / "teacher" / "model" / "model_index.json").is_file()
+    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [1, 1, 1]
     assert (project / ".prefect").is_dir()  # Prefect stayed inside the project
 
     again = dvc(project, "repro")
     assert again.returncode == 0 and "up to date" in again.stdout
-    assert shard_runs(project) == 1  # nothing re-ran
+    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [1, 1, 1]  # nothing re-ran
 
-    params = project / "params.yaml"
-    params.write_text(params.read_text().replace("  frames: 8", "  frames: 6", 1))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["precompute"]["trajectories_per_shard"] = 1  # read by precompute only
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(project, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert read_json(project / "data" / "shards" / "manifest.json")["clip"]["frames"] == 6
-    assert shard_runs(project) == 2
+    assert read_json(project / "data" / "latents" / "manifest.json")["splits"]["train"]["trajectories"] == 3
+    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [1, 1, 2]
+
+    params["profiles"]["tiny"]["data.shapes.val_samples"] = 6  # a data param: everything downstream re-runs
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = dvc(project, "repro")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert read_json(project / "data" / "shards" / "manifest.json")["splits"]["val"]["samples"] == 6
+    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [2, 2, 3]
 
 
 def test_unknown_param_key_fails_with_one_line_naming_it(project):
-    params = project / "params.yaml"
-    params.write_text(params.read_text().replace("  shapes:\n", "  shapes:\n    colurs: [red]\n", 1))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["shapes"]["colurs"] = ["red"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     result = dvc(project, "repro")
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "colurs" in line]

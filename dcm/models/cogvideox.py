@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
-from dcm.models.family import TeacherFamily
+from dcm.models.family import ScaledVAEFamily
 
 
-class CogVideoXFamily(TeacherFamily):
+class CogVideoXFamily(ScaledVAEFamily):
     name = "cogvideox"
     guidance = "cfg"
     detail_modules = ("time_embedding", "norm_final", "norm_out", "proj_out")
@@ -44,14 +44,6 @@ class CogVideoXFamily(TeacherFamily):
         temporal = self.vae.config.temporal_compression_ratio
         spatial = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return self.vae.config.latent_channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
-
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        latents = self.vae.encode(video.to(self.vae.dtype)).latent_dist.mode()
-        return latents * self.vae.config.scaling_factor
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        scaled = latents.float() / self.vae.config.scaling_factor
-        return self.vae.decode(scaled.to(self.vae.dtype)).sample.clamp(-1, 1)
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         pipe = self.text_parts["pipeline"]

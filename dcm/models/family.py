@@ -133,3 +133,16 @@ class TeacherFamily:
     @staticmethod
     def timestep(sigma: torch.Tensor) -> torch.Tensor:
         return sigma * TIMESTEP_SCALE
+
+
+class ScaledVAEFamily(TeacherFamily):
+    """Families whose latents are the VAE posterior mode times `vae.config.scaling_factor`."""
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        # The mode, not a sample: precomputed latents must not depend on an unseeded draw.
+        latents = self.vae.encode(video.to(self.vae.dtype)).latent_dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        scaled = latents.float() / self.vae.config.scaling_factor
+        return self.vae.decode(scaled.to(self.vae.dtype)).sample.clamp(-1, 1)

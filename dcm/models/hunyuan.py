@@ -9,7 +9,7 @@ from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteSchedule
                        HunyuanVideoTransformer3DModel)
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-from dcm.models.family import TeacherFamily
+from dcm.models.family import ScaledVAEFamily
 
 # crop_start None: the pipeline measures the template's length with the folder's own tokenizer
 # (95 for the released Llama tokenizer) instead of trusting a constant.
@@ -17,7 +17,7 @@ PROMPT_TEMPLATE = {**DEFAULT_PROMPT_TEMPLATE, "crop_start": None}
 GUIDANCE_INPUT_SCALE = 1000.0  # the pipeline feeds embedded guidance as scale × 1000
 
 
-class HunyuanFamily(TeacherFamily):
+class HunyuanFamily(ScaledVAEFamily):
     name = "hunyuan"
     guidance = "embedded"
     detail_modules = ("time_text_embed", "norm_out", "proj_out")
@@ -46,14 +46,6 @@ class HunyuanFamily(TeacherFamily):
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         temporal, spatial = self.vae.config.temporal_compression_ratio, self.vae.config.spatial_compression_ratio
         return self.vae.config.latent_channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
-
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        latents = self.vae.encode(video.to(self.vae.dtype)).latent_dist.mode()
-        return latents * self.vae.config.scaling_factor
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        scaled = latents.float() / self.vae.config.scaling_factor
-        return self.vae.decode(scaled.to(self.vae.dtype)).sample.clamp(-1, 1)
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         pipe = self.text_parts["pipeline"]
