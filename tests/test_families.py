@@ -1,7 +1,6 @@
 """Every real family through the same adapter API, on tiny random configs of its real diffusers and
 transformers classes saved in diffusers layout (nothing downloaded): load → encode → velocity → decode."""
 
-import json
 
 import pytest
 import torch

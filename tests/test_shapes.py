@@ -18,7 +18,7 @@ def test_same_seed_same_clip_and_different_index_differs():
 
 def test_object_stays_in_view_and_moves_as_stated():
     for index in range(50):
-        sample, clip = make_sample(0, "train", index, CFG.data)
+        sample = draw_sample(0, "train", index, CFG.data)
         for cx, cy in sample.centres:  # the bounding box [-r, r]² never leaves the frame
             assert sample.radius <= cx <= CFG.data.width - sample.radius + 1e-9
             assert sample.radius <= cy <= CFG.data.height - sample.radius + 1e-9
