@@ -1,0 +1,45 @@
+"""DCM's losses as pure functions of tensors (DESIGN.md §2). Video tensors are (B, C, T, H, W)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float) -> torch.Tensor:
+    """mean(sqrt((pred − target)² + c²) − c): L2 near zero, L1 far away (reference code: c ≈ 0.001)."""
+    return (torch.sqrt((pred.float() - target.float()) ** 2 + c * c) - c).mean()
+
+
+def l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(pred.float(), target.float())
+
+
+def temporal_coherence(pred: torch.Tensor, target: torch.Tensor, stride: int) -> torch.Tensor:
+    """MSE between frame differences x[t + stride] − x[t] of pred and target along latent time.
+
+    A clip with no more latent frames than `stride` has no such pair: the loss is then 0 (kept in the
+    graph so that callers need no special case), rather than an error or a NaN from an empty mean.
+    """
+    if pred.shape[2] <= stride:
+        return pred.float().sum() * 0.0
+    diff_pred = pred[:, :, stride:] - pred[:, :, :-stride]
+    diff_target = target[:, :, stride:] - target[:, :, :-stride]
+    return F.mse_loss(diff_pred.float(), diff_target.float())
+
+
+def hinge_generator(fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over discriminator heads of mean(relu(1 − D(fake)))."""
+    return torch.stack([F.relu(1.0 - logits.float()).mean() for logits in fake_logits]).mean()
+
+
+def hinge_discriminator(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over heads of mean(relu(1 − D(real))) + mean(relu(1 + D(fake)))."""
+    return torch.stack([F.relu(1.0 - real.float()).mean() + F.relu(1.0 + fake.float()).mean()
+                        for real, fake in zip(real_logits, fake_logits, strict=True)]).mean()
+
+
+def feature_matching(fake_features: list[torch.Tensor], real_features: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over tapped blocks of the MSE between fake and real features (real carries no gradient)."""
+    return torch.stack([F.mse_loss(fake.float(), real.detach().float())
+                        for fake, real in zip(fake_features, real_features, strict=True)]).mean()

@@ -1,0 +1,84 @@
+"""Schedule and losses against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from dcm.config import ScheduleConfig
+from dcm.losses import (feature_matching, hinge_discriminator, hinge_generator, l2, pseudo_huber,
+                        temporal_coherence)
+from dcm.schedule import euler_nodes, euler_step, sampling_sigmas, shift_sigmas
+
+REFERENCE = ScheduleConfig(train_sigmas=1000, euler_nodes=50, shift=17.0)
+
+
+def test_shift_17_nodes_by_hand():
+    nodes = euler_nodes(REFERENCE)
+    assert len(nodes) == 50
+    # node n is training sigma index 20(n + 1) − 1, i.e. raw s = 20(n + 1)/1000, then shifted
+    assert float(nodes[37]) == pytest.approx(17 * 0.76 / (1 + 16 * 0.76))  # 0.98176…
+    assert float(nodes[37]) == pytest.approx(0.981763, abs=1e-6)
+    assert float(nodes[49]) == pytest.approx(1.0)
+    assert float(nodes[0]) == pytest.approx(17 * 0.02 / (1 + 16 * 0.02))  # 0.257575…
+    assert torch.all(nodes[1:] > nodes[:-1])
+
+
+def test_shift_one_is_identity_and_sampling_grid():
+    s = torch.tensor([0.0, 0.25, 1.0])
+    assert torch.equal(shift_sigmas(s, 1.0), s)
+    grid = sampling_sigmas(ScheduleConfig(train_sigmas=1000, euler_nodes=50, shift=1.0), 4)
+    # nodes 49, 33, 16, 0 (evenly spaced in index) then 0
+    assert grid.tolist() == pytest.approx([1.0, 0.68, 0.34, 0.02, 0.0])
+    with pytest.raises(ValueError, match="between 1 and"):
+        sampling_sigmas(REFERENCE, 51)
+
+
+def test_euler_step_by_hand():
+    x, v = torch.full((2, 1), 3.0), torch.full((2, 1), 2.0)
+    out = euler_step(x, v, torch.tensor([1.0, 0.5]), torch.tensor([0.5, 0.0]))
+    assert out.flatten().tolist() == [2.0, 2.0]  # 3 + (−0.5)·2
+
+
+def test_pseudo_huber_and_l2_by_hand():
+    pred, target = torch.tensor([0.0, 3.0]), torch.tensor([0.0, -1.0])  # differences 0 and 4
+    c = 3.0
+    assert float(pseudo_huber(pred, target, c)) == pytest.approx(((3 - 3) + (5 - 3)) / 2)  # sqrt(16 + 9) = 5
+    assert float(l2(pred, target)) == pytest.approx(8.0)
+
+
+def test_temporal_coherence_by_hand():
+    target = torch.zeros(1, 1, 4, 1, 1)
+    pred = torch.tensor([0.0, 1.0, 1.0, 3.0]).view(1, 1, 4, 1, 1)
+    # stride 1: pred diffs 1, 0, 2 vs 0 → (1 + 0 + 4) / 3
+    assert float(temporal_coherence(pred, target, 1)) == pytest.approx(5 / 3)
+    # stride 3: one pair, 3 − 0 = 3 → 9
+    assert float(temporal_coherence(pred, target, 3)) == pytest.approx(9.0)
+    # a constant offset has no temporal error
+    assert float(temporal_coherence(target + 5.0, target, 1)) == 0.0
+
+
+def test_temporal_coherence_shorter_than_stride_is_zero_and_differentiable():
+    pred = torch.ones(1, 1, 3, 1, 1, requires_grad=True)
+    loss = temporal_coherence(pred, torch.zeros_like(pred), 3)
+    assert float(loss) == 0.0
+    loss.backward()
+    assert pred.grad is not None and not math.isnan(float(pred.grad.sum()))
+
+
+def test_hinge_losses_by_hand():
+    real = [torch.tensor([2.0, 0.0])]  # relu(1 − 2) = 0, relu(1 − 0) = 1 → 0.5
+    fake = [torch.tensor([-2.0, 1.0])]
+    # discriminator: 0.5 + mean(relu(1 + fake)) = 0.5 + (0 + 2)/2 = 1.5
+    assert float(hinge_discriminator(real, fake)) == pytest.approx(1.5)
+    # generator: mean(relu(1 − fake)) = (3 + 0)/2 = 1.5
+    assert float(hinge_generator(fake)) == pytest.approx(1.5)
+
+
+def test_feature_matching_by_hand_and_real_is_detached():
+    fake = [torch.tensor([1.0, 1.0], requires_grad=True), torch.tensor([0.0], requires_grad=True)]
+    real = [torch.tensor([0.0, 2.0], requires_grad=True), torch.tensor([2.0], requires_grad=True)]
+    loss = feature_matching(fake, real)  # block MSEs 1 and 4 → 2.5
+    assert float(loss) == pytest.approx(2.5)
+    loss.backward()
+    assert real[0].grad is None and fake[0].grad is not None
