@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dcm.config import DCMConfig
-from dcm.data.sharding import MANIFEST
+from dcm.data.sharding import MANIFEST as SHARD_MANIFEST
+from dcm.precompute import MANIFEST as LATENTS_MANIFEST
+from dcm.train.teacher import MANIFEST as TEACHER_MANIFEST
 from dcm.io import read_json
 from dcm.tracking import tracking_uri
 
@@ -24,34 +26,33 @@ def _latest_runs(cfg: DCMConfig) -> dict[str, str]:
     return latest
 
 
+def _shards_line(manifest: dict) -> str:
+    counts = ", ".join(f"{split} {entry['samples']} clips in {len(entry['shards'])} shards"
+                       for split, entry in manifest["splits"].items())
+    return f"{counts}; {len(manifest['skipped'])} inputs skipped"
+
+
+def _teacher_line(manifest: dict) -> str:
+    judge = manifest.get("metrics", {}).get("judge_overall")
+    if judge is None:
+        return f"{manifest['family']} teacher at {manifest['path']}"
+    return f"{manifest['family']}, {manifest['steps']} steps, judge overall {judge:.3f} on held-out prompts"
+
+
+def _latents_line(manifest: dict) -> str:
+    return ", ".join(f"{split} {e['samples']} samples ({e['trajectories']} with trajectories)"
+                     for split, e in manifest["splits"].items())
+
+
 def describe(cfg: DCMConfig) -> str:
+    stages = (("shard", cfg.shard.dir, SHARD_MANIFEST, _shards_line),
+              ("teacher", cfg.teacher.out_dir, TEACHER_MANIFEST, _teacher_line),
+              ("latents", cfg.precompute.dir, LATENTS_MANIFEST, _latents_line))
     lines = []
-    shards = Path(cfg.shard.dir) / MANIFEST
-    if shards.is_file():
-        manifest = read_json(shards)
-        counts = ", ".join(f"{split} {entry['samples']} clips in {len(entry['shards'])} shards"
-                           for split, entry in manifest["splits"].items())
-        lines.append(f"shard     {cfg.shard.dir}: {counts}; {len(manifest['skipped'])} inputs skipped")
-    else:
-        lines.append(f"shard     not run yet ({shards} missing)")
-    teacher = Path(cfg.teacher.out_dir) / "manifest.json"
-    if teacher.is_file():
-        manifest = read_json(teacher)
-        judge = manifest.get("metrics", {}).get("judge_overall")
-        where = cfg.teacher.out_dir + "/model" if manifest["family"] == "toy" else manifest["path"]
-        lines.append(f"teacher   {where}: {manifest['family']}"
-                     + (f", {manifest['steps']} steps, judge overall {judge:.3f} on held-out prompts"
-                        if judge is not None else ""))
-    else:
-        lines.append(f"teacher   not run yet ({teacher} missing)")
-    latents = Path(cfg.precompute.dir) / "manifest.json"
-    if latents.is_file():
-        manifest = read_json(latents)
-        counts = ", ".join(f"{split} {e['samples']} samples ({e['trajectories']} with trajectories)"
-                           for split, e in manifest["splits"].items())
-        lines.append(f"latents   {cfg.precompute.dir}: {counts}")
-    else:
-        lines.append(f"latents   not run yet ({latents} missing)")
+    for name, folder, manifest_name, summarise in stages:
+        path = Path(folder) / manifest_name
+        summary = summarise(read_json(path)) if path.is_file() else f"not run yet ({path} missing)"
+        lines.append(f"{name:<9} {folder}: {summary}")
     runs = _latest_runs(cfg)
     uri = tracking_uri(cfg.tracking)
     lines.append(f"MLflow    {uri} (browse: mlflow ui --backend-store-uri {uri})")
