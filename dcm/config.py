@@ -159,10 +159,11 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(ge=1)
     log_every: int = Field(ge=1)
     shuffle_buffer: int = Field(ge=0)
-    prefetch_batches: int = Field(ge=1)  # batches assembled ahead on a background thread
+    prefetch_batches: int = Field(ge=1)  # batches assembled ahead by a prefetch process
     time_limit_s: float | None = Field(gt=0)  # checkpoint and stop after this long; a re-run continues
     device: str  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"]  # bf16 = autocast on CUDA; weights and optimiser stay fp32
+    compile: Literal["none", "blocks"]  # blocks: torch.compile each repeated transformer block in place
 
 
 class ToyModelConfig(Strict):

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--trace", action="store_true", help="print torch.profiler's top operators")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(REPO / "params.yaml", args.overrides)
@@ -51,6 +52,16 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         step_s = (time.perf_counter() - start) / len(held)
+    if args.trace:
+        with torch.profiler.profile() as prof:
+            for batch in held[:3]:
+                with autocast:
+                    loss, _ = method.loss(batch, generator)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            torch.cuda.synchronize() if device.type == "cuda" else None
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
     print(f"batch {train.batch_size}: data assembly {data_s * 1000:.1f} ms/batch, model step (with input "
           f"conversion) {step_s * 1000:.1f} ms/step on {device}")
 

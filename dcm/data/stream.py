@@ -47,3 +47,13 @@ class SampleStream:
         iterator = iter(self)
         while True:
             yield [next(iterator) for _ in range(size)]
+
+
+def produce_batches(stream, size: int, out_queue) -> None:
+    """Body of the prefetch process: put (batch, stream state after it) forever; on a data error put
+    ("error", message) once. Errors travel as text: an exception that fails to pickle would be lost."""
+    try:
+        for batch in stream.batches(size):
+            out_queue.put((batch, stream.state()))
+    except Exception as error:  # noqa: BLE001 - every data error must reach the training process
+        out_queue.put(("error", f"{type(error).__name__}: {error}"))

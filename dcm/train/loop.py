@@ -9,8 +9,7 @@ resumed reproduces an uninterrupted run's loss sequence exactly on CPU.
 from __future__ import annotations
 
 import copy
-import queue
-import threading
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,50 +21,13 @@ from torch import nn
 from dcm.config import TrainConfig
 from dcm.errors import StageError
 from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dcm.train.prefetch import Prefetcher
 
 
 class Method(Protocol):
     module: nn.Module
 
     def loss(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
-
-
-class Prefetcher:
-    """Assembles batches on a background thread (decoding overlaps the GPU step) while keeping resume
-    exact: every batch carries the stream position right after it, and checkpoints store the position
-    after the last batch actually consumed, not after what was prefetched."""
-
-    def __init__(self, stream: "Stream", batch_size: int, depth: int):
-        self.consumed_state = stream.state()
-        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(stream, batch_size), daemon=True)
-        self._thread.start()
-
-    def _fill(self, stream, batch_size: int) -> None:
-        try:
-            for batch in stream.batches(batch_size):
-                item = (batch, stream.state())
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-        except BaseException as error:  # surface data errors in the training thread
-            self._queue.put((error, None))
-
-    def __next__(self):
-        batch, state = self._queue.get()
-        if isinstance(batch, BaseException):
-            raise batch
-        self.consumed_state = state
-        return batch
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 class Stream(Protocol):
@@ -100,10 +62,18 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+def compile_blocks(module: nn.Module) -> None:
+    """Compile each repeated block in place (diffusers' regional compilation): state-dict keys stay as
+    they are, and the compile cost is one block's, not the whole model's."""
+    if not getattr(module, "_repeated_blocks", None):
+        raise StageError(f"train.compile=blocks needs a diffusers model with repeated blocks; "
+                         f"{type(module).__name__} has none: set compile to none")
+    module.compile_repeated_blocks()
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for target, source in zip(ema.parameters(), model.parameters()):
-        target.lerp_(source.detach(), 1.0 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
 def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
@@ -124,6 +94,8 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup_steps))
     ema = copy.deepcopy(method.module).requires_grad_(False) if cfg.ema_decay > 0 else None
+    if cfg.compile == "blocks":  # after the EMA copy: the copy stays a plain module
+        compile_blocks(method.module)
     generator = torch.Generator().manual_seed(seed)
     modules = {"model": method.module, **({"ema": ema} if ema is not None else {})}
     result = TrainResult(steps=0)
@@ -143,40 +115,42 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
     batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches)
-    while result.steps < cfg.steps:
-        method.module.train()
-        batch = next(batches)
-        with autocast:
-            loss, logs = method.loss(batch, generator)
-        if not torch.isfinite(loss):
-            raise StageError(f"loss became {loss.item()} at step {result.steps + 1}; the last good checkpoint in "
-                             f"{checkpoint_dir} is kept. Lower the learning rate or check the data")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        if not torch.isfinite(grad_norm):
-            raise StageError(f"gradient norm became {grad_norm.item()} at step {result.steps + 1}; the last good "
-                             f"checkpoint in {checkpoint_dir} is kept")
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema_update(ema, method.module, ema_decay_at(result.steps, cfg.ema_decay))
-        result.steps += 1
-        done_here += 1
-        result.losses.append(float(loss.detach()))
-        if on_log and (result.steps % cfg.log_every == 0 or result.steps == cfg.steps):
-            elapsed = time.perf_counter() - window_start
-            on_log(result.steps, {"loss": result.losses[-1], "grad_norm": float(grad_norm),
-                                  "lr": scheduler.get_last_lr()[0], **logs,
-                                  "samples_per_s": cfg.log_every * cfg.batch_size / max(elapsed, 1e-9)})
-            window_start = time.perf_counter()
-        out_of_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
-        stopping = (stop_after is not None and done_here >= stop_after) or out_of_time
-        if result.steps % cfg.checkpoint_every == 0 or result.steps == cfg.steps or stopping:
-            checkpoint()
-        if stopping and result.steps < cfg.steps:
-            result.stopped_early = True
-            break
-    batches.close()
+    try:
+        while result.steps < cfg.steps:
+            method.module.train()
+            batch = next(batches)
+            with autocast:
+                loss, logs = method.loss(batch, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            # One host sync per step for both guards (each sync stalls the GPU queue).
+            loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+            if not math.isfinite(loss_value) or not math.isfinite(norm_value):
+                what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {norm_value}"
+                raise StageError(f"{what} at step {result.steps + 1}; the last good checkpoint in {checkpoint_dir} "
+                                 "is kept. Lower the learning rate or check the data")
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema_update(ema, method.module, ema_decay_at(result.steps, cfg.ema_decay))
+            result.steps += 1
+            done_here += 1
+            result.losses.append(loss_value)
+            if on_log and (result.steps % cfg.log_every == 0 or result.steps == cfg.steps):
+                elapsed = time.perf_counter() - window_start
+                on_log(result.steps, {"loss": result.losses[-1], "grad_norm": norm_value,
+                                      "lr": scheduler.get_last_lr()[0], **logs,
+                                      "samples_per_s": cfg.log_every * cfg.batch_size / max(elapsed, 1e-9)})
+                window_start = time.perf_counter()
+            out_of_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
+            stopping = (stop_after is not None and done_here >= stop_after) or out_of_time
+            if result.steps % cfg.checkpoint_every == 0 or result.steps == cfg.steps or stopping:
+                checkpoint()
+            if stopping and result.steps < cfg.steps:
+                result.stopped_early = True
+                break
+    finally:
+        batches.close()
     result.ema = ema
     return result
