@@ -159,7 +159,8 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(ge=1)
     log_every: int = Field(ge=1)
     shuffle_buffer: int = Field(ge=0)
-    prefetch_batches: int = Field(ge=1)  # batches assembled ahead by a prefetch process
+    prefetch_batches: int = Field(ge=1)  # batches assembled ahead of the step
+    prefetch: Literal["auto", "thread", "process"]  # auto: a process on CUDA, a thread on CPU
     time_limit_s: float | None = Field(gt=0)  # checkpoint and stop after this long; a re-run continues
     device: str  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"]  # bf16 = autocast on CUDA; weights and optimiser stay fp32
@@ -226,6 +227,60 @@ class PrecomputeConfig(Strict):
     wait_for_ranks_s: float = Field(gt=0)  # how long rank 0 waits for the other ranks' shards
 
 
+class LoraConfig(Strict):
+    rank: int = Field(ge=1)
+    alpha: float = Field(gt=0)
+    targets: list[str] = Field(min_length=1)  # module names inside every attention layer
+
+
+class DiscriminatorConfig(Strict):
+    """Heads on the frozen teacher's tapped blocks (DESIGN.md §2, stage 2)."""
+
+    tap_every: int = Field(ge=1)  # read every k-th block's hidden states
+    hidden: int = Field(ge=1)  # 1×1-conv width (reference 1024)
+    groups: int = Field(ge=1)  # GroupNorm groups; must divide `hidden`
+    lr: float = Field(gt=0)
+    betas: tuple[float, float]
+    weight_decay: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _groups_divide(self) -> DiscriminatorConfig:
+        if self.hidden % self.groups:
+            raise ValueError(f"discriminator.groups={self.groups} must divide discriminator.hidden={self.hidden}")
+        return self
+
+
+class DistillConfig(Strict):
+    """Consistency distillation: DCM's two stages and the LCM/PCM baselines (DESIGN.md §2)."""
+
+    kappa: int = Field(ge=0)  # split node: nodes above it are the semantic expert's, at or below the detail expert's
+    pcm_phases: int = Field(ge=2)  # PCM baseline: phases, each node maps to its phase's lower edge
+    teacher_mode: Literal["online", "trajectory"]  # run the teacher per step, or read precomputed ODE solves
+    guidance_scale: float = Field(ge=0)  # the teacher's CFG (or embedded guidance) weight in the targets
+    loss: Literal["pseudo_huber", "l2"]
+    huber_c: float = Field(gt=0)
+    tc_weight: float = Field(ge=0)  # temporal coherence loss weight (0: off)
+    tc_stride: int = Field(ge=1)  # latent frames between compared frames
+    target_ema_decay: float = Field(ge=0, lt=1)  # target network = EMA of the student; 0: the student, no grad
+    semantic_weights: Literal["full", "lora"]  # stage 1: fine-tune every weight, or a LoRA merged afterwards
+    detail_expert: Literal["lora", "full"]  # lora: adapter + copied layers (DCM); full: a second full expert
+    adversarial: Literal["gan_fm", "none"]  # stage 2's hinge GAN + feature matching
+    adv_weight: float = Field(ge=0)
+    generator_weight: float = Field(ge=0)
+    fm_weight: float = Field(ge=0)
+    lora: LoraConfig
+    discriminator: DiscriminatorConfig
+    sample_every: int = Field(ge=0)  # steps between logged sample clips (0: only at the end)
+    sample_prompts: int = Field(ge=1)
+    sample_steps: int = Field(ge=1)  # student steps of the logged samples
+    checkpoint_dir: str  # <dir>/<method>/step-N
+    out_dir: str  # <dir>/<method>: the exported DCMPipeline folder
+    semantic: TrainConfig
+    detail: TrainConfig
+    baseline: TrainConfig  # lcm and pcm
+    baselines: list[Literal["lcm", "pcm"]]  # trained by the distill_baselines stage
+
+
 class TrackingConfig(Strict):
     uri: str  # MLFLOW_TRACKING_URI in the environment wins, as MLflow users expect
     artifacts: str
@@ -242,6 +297,7 @@ class DCMConfig(Strict):
     schedule: ScheduleConfig
     teacher: TeacherConfig
     precompute: PrecomputeConfig
+    distill: DistillConfig
     tracking: TrackingConfig
 
     @model_validator(mode="after")
@@ -255,6 +311,11 @@ class DCMConfig(Strict):
             raise ValueError(f"precompute.trajectory_nodes must lie in [0, {self.schedule.euler_nodes})")
         if self.teacher.sampling.steps > self.schedule.euler_nodes:
             raise ValueError(f"teacher.sampling.steps ({self.teacher.sampling.steps}) exceeds schedule.euler_nodes")
+        if not 0 <= self.distill.kappa < self.schedule.euler_nodes - 1:
+            raise ValueError(f"distill.kappa ({self.distill.kappa}) must lie in [0, {self.schedule.euler_nodes - 1}): "
+                             "both experts need at least one node")
+        if self.distill.pcm_phases > self.schedule.euler_nodes:
+            raise ValueError(f"distill.pcm_phases ({self.distill.pcm_phases}) exceeds schedule.euler_nodes")
         return self
 
 

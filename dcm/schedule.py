@@ -63,3 +63,82 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     """x_s = s·eps + (1 − s)·x0 with a per-sample s."""
     s = sigma.to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
     return s * noise + (1.0 - s) * x0
+
+
+# -- consistency distillation: segments, targets and few-step inference (DESIGN.md §2) -----------------
+# Nodes are indexed 0 (lowest noise) … euler_nodes − 1 (pure noise); END = −1 stands for sigma 0, the end of
+# every trajectory. A method is its ascending list of segment *lower edges*: a node maps to the highest
+# edge below it. DCM: [END, κ] (semantic nodes > κ jump to σ_κ, detail nodes jump to the end); LCM: [END];
+# PCM with P phases: END plus P − 1 evenly spaced inner edges.
+
+END = -1
+
+METHODS = ("semantic", "detail", "dcm", "lcm", "pcm")
+
+
+def node_sigma(cfg: ScheduleConfig, node: int) -> float:
+    """Sigma of a node index; END is 0."""
+    return 0.0 if node == END else float(euler_nodes(cfg)[node])
+
+
+def segment_edges(method: str, cfg: ScheduleConfig, kappa: int, phases: int) -> list[int]:
+    if method in ("semantic", "detail", "dcm"):
+        return [END, kappa]
+    if method == "lcm":
+        return [END]
+    if method == "pcm":
+        return [END] + [round(k * cfg.euler_nodes / phases) - 1 for k in range(1, phases)]
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def target_node(node: int, edges: list[int]) -> int:
+    """The edge a node's consistency jump lands on: the highest edge strictly below it."""
+    below = [edge for edge in edges if edge < node]
+    if not below:
+        raise ValueError(f"node {node} has no segment edge below it in {edges}")
+    return max(below)
+
+
+def training_nodes(method: str, cfg: ScheduleConfig, kappa: int) -> list[int]:
+    """Nodes a training step draws from: one expert's segment for DCM's stages, every node otherwise."""
+    if method == "semantic":
+        return list(range(kappa + 1, cfg.euler_nodes))
+    if method == "detail":
+        return list(range(0, kappa + 1))
+    return list(range(cfg.euler_nodes))
+
+
+def segments(edges: list[int], cfg: ScheduleConfig) -> list[tuple[int, int]]:
+    """(top node, lower edge) of every segment, highest noise first."""
+    tops = sorted(edges[1:], reverse=True)
+    highs = [cfg.euler_nodes - 1] + tops
+    return [(top, bottom) for top, bottom in zip(highs, sorted(edges, reverse=True))]
+
+
+def steps_per_segment(steps: int, count: int) -> list[int]:
+    """Split `steps` evenly over `count` segments, the remainder to the noisiest ones first."""
+    base, extra = divmod(steps, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def inference_sigmas(cfg: ScheduleConfig, steps: int, edges: list[int]) -> torch.Tensor:
+    """Descending sigmas (ending at 0) for `steps` student steps: the steps are split evenly between the
+    segments and spaced uniformly over each segment's nodes. A segment given no step is jumped over:
+    with 1 step a two-expert model goes from noise straight to 0 along the semantic expert's direction."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    starts = []
+    for (top, bottom), count in zip(segments(edges, cfg), steps_per_segment(steps, len(edges))):
+        if count > top - bottom:
+            raise ValueError(f"{steps} steps put {count} steps into the segment of nodes {bottom + 1}..{top}, "
+                             f"which has only {top - bottom} nodes; use fewer steps")
+        starts += [top - (j * (top - bottom)) // count for j in range(count)]
+    nodes = euler_nodes(cfg)
+    return torch.cat([nodes[torch.tensor(starts)], nodes.new_zeros(1)])
+
+
+def expert_threshold(cfg: ScheduleConfig, kappa: int) -> float:
+    """Samples with sigma above this go to the semantic expert: midway between σ_κ (detail) and σ_κ+1
+    (semantic), so float rounding of a node's sigma can never flip its expert."""
+    nodes = euler_nodes(cfg)
+    return float((nodes[kappa] + nodes[kappa + 1]) / 2)

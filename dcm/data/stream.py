@@ -7,6 +7,7 @@ the samples an uninterrupted run would have seen, in the same order.
 
 from __future__ import annotations
 
+import queue
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -15,9 +16,12 @@ from dcm.data.reader import decode_sample, make_dataset
 
 
 class SampleStream:
-    def __init__(self, shard_dir: str | Path, split: str, shuffle_buffer: int, seed: int, decode=decode_sample):
+    def __init__(self, shard_dir: str | Path, split: str, shuffle_buffer: int, seed: int, decode=decode_sample,
+                 keep=None):
+        """keep: optional predicate on decoded samples (e.g. "has a teacher trajectory"); skipped samples
+        still advance the position, so resume stays exact."""
         self.shard_dir, self.split, self.shuffle_buffer, self.seed = shard_dir, split, shuffle_buffer, seed
-        self.decode = decode
+        self.decode, self.keep = decode, keep
         self.epoch, self.offset = 0, 0
 
     def state(self) -> dict:
@@ -31,16 +35,19 @@ class SampleStream:
                            seed=self.seed * 100_003 + self.epoch, decode=None)
         for sample in islice(raw, self.offset, None):
             self.offset += 1
-            yield self.decode(sample)
+            decoded = self.decode(sample)
+            if self.keep is None or self.keep(decoded):
+                yield decoded
 
     def __iter__(self) -> Iterator[dict]:
         while True:
-            empty = True
+            empty, whole_epoch = True, self.offset == 0
             for sample in self._epoch():
                 empty = False
                 yield sample
-            if empty and self.offset == 0:
-                raise ValueError(f"split {self.split!r} in {self.shard_dir} yields no samples")
+            if empty and whole_epoch:
+                raise ValueError(f"split {self.split!r} in {self.shard_dir} yields no samples"
+                                 + (" that the stage can use" if self.keep else ""))
             self.epoch, self.offset = self.epoch + 1, 0
 
     def batches(self, size: int) -> Iterator[list[dict]]:
@@ -49,11 +56,19 @@ class SampleStream:
             yield [next(iterator) for _ in range(size)]
 
 
-def produce_batches(stream, size: int, out_queue) -> None:
-    """Body of the prefetch process: put (batch, stream state after it) forever; on a data error put
-    ("error", message) once. Errors travel as text: an exception that fails to pickle would be lost."""
+def produce_batches(stream, size: int, out_queue, stop=None, poll_s: float = 0.1) -> None:
+    """Body of a prefetch thread or process: put (batch, stream state after it) until `stop` is set; on a
+    data error put ("error", message) once. Errors travel as text: an exception that fails to pickle
+    would be lost on the way out of a process."""
     try:
         for batch in stream.batches(size):
-            out_queue.put((batch, stream.state()))
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    out_queue.put((batch, stream.state()), timeout=poll_s)
+                    break
+                except queue.Full:
+                    continue
     except Exception as error:  # noqa: BLE001 - every data error must reach the training process
         out_queue.put(("error", f"{type(error).__name__}: {error}"))

@@ -130,6 +130,18 @@ class TeacherFamily:
             for handle in handles:
                 handle.remove()
 
+    def project_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Early exit for feature matching: tapped block tokens through a parameter-free LayerNorm and the
+        transformer's output projection (the timestep modulation of the real output layer is left out: it
+        needs the forward's internal timestep embedding, and both sides of the comparison share it anyway)."""
+        proj = self.transformer.proj_out
+        normed = torch.nn.functional.layer_norm(features.float(), features.shape[-1:])
+        return proj(normed.to(proj.weight.dtype))
+
+    def feature_width(self) -> int:
+        """Width of the tokens leaving a block (what discriminator heads read)."""
+        return self.transformer.proj_out.in_features
+
     @staticmethod
     def timestep(sigma: torch.Tensor) -> torch.Tensor:
         return sigma * TIMESTEP_SCALE

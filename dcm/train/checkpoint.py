@@ -41,6 +41,26 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def checkpoint_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of a module: everything, unless the module names a smaller set with
+    `checkpoint_keys()` (a student whose frozen expert comes from an earlier stage)."""
+    weights = module.state_dict()
+    keys = getattr(module, "checkpoint_keys", None)
+    return weights if keys is None else {k: weights[k] for k in keys()}
+
+
+def restore_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    if getattr(module, "checkpoint_keys", None) is None:
+        module.load_state_dict(weights)
+        return
+    missing = set(module.checkpoint_keys()) - set(weights)
+    unexpected = set(weights) - set(module.state_dict())
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the model: missing {sorted(missing)[:3]}, unexpected "
+                         f"{sorted(unexpected)[:3]}")
+    module.load_state_dict(weights, strict=False)
+
+
 def save_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module | dict[str, torch.Tensor]],
                     optimizers: dict[str, torch.optim.Optimizer], generator: torch.Generator, state: dict,
                     keep: int) -> Path:
@@ -51,7 +71,7 @@ def save_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, module in modules.items():
-        weights = module if isinstance(module, dict) else module.state_dict()
+        weights = module if isinstance(module, dict) else checkpoint_weights(module)
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, tmp / f"{name}.safetensors")
     for name, optimizer in optimizers.items():
         tensors, meta = optimizer_tensors(optimizer)
@@ -78,7 +98,7 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
     """Restore everything save_checkpoint wrote; returns the JSON state. A damaged file names itself."""
     try:
         for name, module in modules.items():
-            module.load_state_dict(load_file(path / f"{name}.safetensors"))
+            restore_weights(module, load_file(path / f"{name}.safetensors"))
         for name, optimizer in optimizers.items():
             restore_optimizer(optimizer, load_file(path / f"{name}.safetensors"),
                               json.loads((path / f"{name}.json").read_text()))

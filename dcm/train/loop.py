@@ -1,7 +1,9 @@
 """The one training loop every method shares: optimiser, warm-up, clipping, EMA, bf16 autocast,
 checkpoints with exact resume, NaN guard, and metric callbacks.
 
-A method supplies `module` (what trains) and `loss(batch, generator) -> (loss, logs)`. Every random
+A method supplies `module` (what trains: its parameters with requires_grad) and `loss(batch, generator)
+-> (loss, logs)`; optionally `after_step() -> logs` (run after the optimiser step, e.g. a discriminator
+step) and `state_modules()` / `state_optimizers()`, extra state that checkpoints carry. Every random
 draw goes through the single `generator`, which is checkpointed, so a run stopped at step k and
 resumed reproduces an uninterrupted run's loss sequence exactly on CPU.
 """
@@ -21,7 +23,7 @@ from torch import nn
 from dcm.config import TrainConfig
 from dcm.errors import StageError
 from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from dcm.train.prefetch import Prefetcher
+from dcm.train.prefetch import Prefetcher, prefetch_kind
 
 
 class Method(Protocol):
@@ -97,11 +99,14 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     if cfg.compile == "blocks":  # after the EMA copy: the copy stays a plain module
         compile_blocks(method.module)
     generator = torch.Generator().manual_seed(seed)
-    modules = {"model": method.module, **({"ema": ema} if ema is not None else {})}
+    modules = {"model": method.module, **({"ema": ema} if ema is not None else {}),
+               **getattr(method, "state_modules", dict)()}
+    optimizers = {"optimizer": optimizer, **getattr(method, "state_optimizers", dict)()}
+    after_step = getattr(method, "after_step", None)
     result = TrainResult(steps=0)
     latest = latest_checkpoint(checkpoint_dir)
     if latest is not None:
-        state = load_checkpoint(latest, modules, {"optimizer": optimizer}, generator)
+        state = load_checkpoint(latest, modules, optimizers, generator)
         scheduler.load_state_dict(state["scheduler"])
         stream.restore(state["stream"])
         result.steps = result.resumed_from = state["step"]
@@ -109,12 +114,12 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_dir, result.steps, modules, {"optimizer": optimizer}, generator,
+        save_checkpoint(checkpoint_dir, result.steps, modules, optimizers, generator,
                         {"stream": batches.consumed_state, "losses": result.losses,
                          "scheduler": scheduler.state_dict()}, cfg.keep_checkpoints)
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
-    batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches)
+    batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches, prefetch_kind(cfg.prefetch, device.type))
     try:
         while result.steps < cfg.steps:
             method.module.train()
@@ -132,6 +137,8 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                                  "is kept. Lower the learning rate or check the data")
             optimizer.step()
             scheduler.step()
+            if after_step is not None:
+                logs = {**logs, **after_step()}
             if ema is not None:
                 ema_update(ema, method.module, ema_decay_at(result.steps, cfg.ema_decay))
             result.steps += 1

@@ -1,0 +1,50 @@
+"""Discriminator heads on the frozen teacher's tapped block features (DESIGN.md §2, stage 2).
+
+One head per tapped block: a 1×1-conv stack D → hidden → hidden → 1 with GroupNorm and LeakyReLU, run
+on every latent frame's token grid. The grid (frames, rows, cols) is inferred from the latent shape and
+the patch size on every call — the reference code hard-coded it and crashed at other resolutions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dcm.config import DiscriminatorConfig
+
+LEAKY_SLOPE = 0.2
+
+
+def tokens_to_frames(features: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(B, L, D) tokens in (frame, row, col) order → (B·frames, D, rows, cols)."""
+    batch, length, dim = features.shape
+    frames, rows, cols = grid
+    if frames * rows * cols != length:
+        raise ValueError(f"{length} tokens do not form the token grid {grid} (frames × rows × cols); the "
+                         "latent shape and the transformer's patch size disagree")
+    grid_view = features.reshape(batch, frames, rows, cols, dim)
+    return grid_view.permute(0, 1, 4, 2, 3).reshape(batch * frames, dim, rows, cols)
+
+
+class Head(nn.Sequential):
+    def __init__(self, width: int, cfg: DiscriminatorConfig):
+        super().__init__(
+            nn.Conv2d(width, cfg.hidden, 1), nn.GroupNorm(cfg.groups, cfg.hidden), nn.LeakyReLU(LEAKY_SLOPE),
+            nn.Conv2d(cfg.hidden, cfg.hidden, 1), nn.GroupNorm(cfg.groups, cfg.hidden), nn.LeakyReLU(LEAKY_SLOPE),
+            nn.Conv2d(cfg.hidden, 1, 1))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, widths: list[int], cfg: DiscriminatorConfig):
+        super().__init__()
+        self.heads = nn.ModuleList(Head(width, cfg) for width in widths)
+
+    def forward(self, features: list[torch.Tensor], grid: tuple[int, int, int]) -> list[torch.Tensor]:
+        """Per-head logits (B, frames, rows, cols) for tapped features [(B, L, D_k)]."""
+        if len(features) != len(self.heads):
+            raise ValueError(f"{len(features)} tapped feature maps for {len(self.heads)} discriminator heads")
+        logits = []
+        for head, feature in zip(self.heads, features):
+            out = head(tokens_to_frames(feature.float(), grid))
+            logits.append(out.reshape(feature.shape[0], grid[0], grid[1], grid[2]))
+        return logits

@@ -1,0 +1,149 @@
+"""DCMPipeline: the distilled few-step generator, in diffusers' conventions.
+
+    pipe = DCMPipeline.from_pretrained("data/students/dcm")
+    video = pipe("a red circle moving left over black", num_inference_steps=4).frames[0]
+
+One folder holds the whole student:
+    model_index.json      the family's index plus a "dcm" entry (method, segment edges, schedule, routing)
+    transformer/          the semantic expert (or the single expert of LCM/PCM), a plain diffusers model
+    detail/               pytorch_lora_weights.safetensors (diffusers/peft LoRA format) + detail_modules.safetensors
+                          (copied conditioning/output layers), or detail/transformer/ for two full experts
+    vae/, text_encoder/…  the teacher's other components (copied for the toy teacher, linked for real ones)
+
+Steps are split evenly between the experts and spaced uniformly over each segment's Euler nodes; any
+count works (1, 2, 4, 8, …). No CFG: the guidance was distilled in. With `detail_weights="merged"` the
+LoRA is folded into a second weight set, so a detail step costs exactly what a semantic step costs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dcm.config import ScheduleConfig
+from dcm.models.dual_expert import DETAIL, Student
+from dcm.models.lora_io import load_modules, save_adapter, save_modules
+from dcm.models.registry import family_class
+from dcm.schedule import euler_step, inference_sigmas
+
+INDEX = "model_index.json"
+DETAIL_DIR = "detail"
+
+
+@dataclass
+class DCMPipelineOutput:
+    frames: np.ndarray | torch.Tensor  # np/pt: (B, F, H, W, 3) in [0, 1]; latent: (B, C, T, H, W)
+
+
+class DCMPipeline:
+    def __init__(self, family, student: Student, info: dict):
+        self.family, self.student, self.info = family, student, info
+        self.schedule = ScheduleConfig(**info["schedule"])
+        self.edges = list(info["edges"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.student.parameters()).device
+
+    # -- saving and loading ------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path, components_from: str | Path) -> None:
+        """Write the student into `folder`; the VAE and text components come from the teacher folder
+        `components_from` (copied for the toy family, symlinked for real teachers' multi-GB encoders)."""
+        folder, source = Path(folder), Path(components_from)
+        folder.mkdir(parents=True, exist_ok=True)
+        index = json.loads((source / INDEX).read_text()) if (source / INDEX).is_file() else {}
+        for component in sorted(p for p in source.iterdir() if p.is_dir() and p.name != "transformer"):
+            target = folder / component.name
+            if self.family.name == "toy":
+                shutil.copytree(component, target)
+            else:
+                target.symlink_to(component.resolve(), target_is_directory=True)
+        semantic = copy.deepcopy(self.student.transformer)
+        if getattr(semantic, "_hf_peft_config_loaded", False):
+            semantic.unload_lora()  # the semantic expert's own weights, without the detail adapter
+        semantic.save_pretrained(folder / "transformer", safe_serialization=True)
+        if self.student.detail_kind == "lora":
+            save_adapter(self.student.transformer, folder / DETAIL_DIR, DETAIL)
+            save_modules(self.student.detail_modules(), folder / DETAIL_DIR)
+        elif self.student.detail_kind == "full":
+            self.student.detail_transformer.save_pretrained(folder / DETAIL_DIR / "transformer", safe_serialization=True)
+        index.update({"_class_name": "DCMPipeline", "dcm": self.info})
+        (folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                        detail_weights: str = "adapter") -> DCMPipeline:
+        """detail_weights: "adapter" (LoRA applied on the fly) or "merged" (a second, fused weight set)."""
+        folder = Path(folder)
+        if not (folder / INDEX).is_file():
+            raise FileNotFoundError(f"{folder / INDEX} not found: {folder} is not a DCMPipeline folder "
+                                    "(run the distill stages, or pass the folder they wrote)")
+        info = json.loads((folder / INDEX).read_text()).get("dcm")
+        if info is None:
+            raise ValueError(f"{folder / INDEX} has no 'dcm' entry: it is a teacher folder, not a distilled student")
+        family = family_class(info["family"]).load(folder, info["max_text_tokens"], device, dtype)
+        student = Student(family, family.transformer, info["threshold"], info["guidance"])
+        kind, detail = info["detail"], folder / DETAIL_DIR
+        if kind == "lora":
+            load_detail_adapter(student, detail, family.detail_modules, info["threshold"], detail_weights, device)
+        elif kind == "full":
+            transformer_class = type(family.transformer)
+            student.detail_kind, student.threshold = "full", info["threshold"]
+            student.detail_transformer = transformer_class.from_pretrained(detail / "transformer", torch_dtype=dtype).to(device)
+        return cls(family, student.eval(), info)
+
+    # -- generating ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], num_inference_steps: int = 4, generator: torch.Generator | None = None,
+                 height: int | None = None, width: int | None = None, num_frames: int | None = None,
+                 latents: torch.Tensor | None = None, output_type: str = "np") -> DCMPipelineOutput:
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        defaults = self.info["defaults"]
+        frames, height, width = num_frames or defaults["frames"], height or defaults["height"], width or defaults["width"]
+        shape = (len(prompts), *self.family.latent_shape(frames, height, width))
+        if latents is None:
+            latents = torch.randn(shape, generator=generator)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {len(prompts)} prompts of "
+                             f"{frames}×{height}×{width}")
+        x = latents.to(self.device, torch.float32)
+        cond = self.family.encode_prompts(prompts)
+        sigmas = inference_sigmas(self.schedule, num_inference_steps, self.edges).to(self.device)
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            velocity = self.student(x, sigma.expand(len(prompts)).float(), cond)
+            x = euler_step(x, velocity.float(), sigma, sigma_next)
+        if output_type == "latent":
+            return DCMPipelineOutput(frames=x)
+        video = ((self.family.decode_latents(x).float().cpu() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
+        if output_type == "pt":
+            return DCMPipelineOutput(frames=video)
+        if output_type == "np":
+            return DCMPipelineOutput(frames=video.numpy())
+        raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+
+
+def load_detail_adapter(student: Student, folder: Path, detail_modules: tuple[str, ...], threshold: float,
+                        detail_weights: str, device) -> None:
+    transformer = student.transformer
+    weights = load_modules(folder)
+    if detail_weights == "adapter":
+        student.detail_kind, student.threshold = "lora", threshold
+        student.copy_detail_modules(detail_modules)
+        student.load_detail_modules(weights)
+        transformer.load_lora_adapter(folder, adapter_name=DETAIL, use_safetensors=True)
+        student.to(device)
+    elif detail_weights == "merged":
+        merged = copy.deepcopy(transformer)
+        merged.load_lora_adapter(folder, adapter_name=DETAIL, use_safetensors=True)
+        merged.fuse_lora(adapter_names=[DETAIL])
+        merged.unload_lora()
+        merged.load_state_dict(weights, strict=False)
+        student.detail_kind, student.threshold, student.detail_transformer = "full", threshold, merged.to(device)
+    else:
+        raise ValueError(f"detail_weights must be 'adapter' or 'merged', got {detail_weights!r}")

@@ -1,0 +1,70 @@
+"""The detail stage's adversarial terms (DESIGN.md §2): hinge GAN on the frozen teacher's block features
+plus feature matching through the teacher's output projection, and the discriminator's own step.
+
+Real = the consistency target, fake = the student's prediction, both pushed from the end of the
+trajectory up to one random detail-range sigma per sample with the same noise, then read by the frozen
+teacher with block taps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dcm.config import DCMConfig
+from dcm.losses import feature_matching, hinge_discriminator, hinge_generator
+from dcm.models.discriminator import Discriminator
+from dcm.schedule import add_noise, euler_nodes
+from dcm.train.loop import device_generator
+
+
+class AdversarialLoss:
+    def __init__(self, teacher, cfg: DCMConfig, device: torch.device):
+        self.teacher, self.cfg = teacher, cfg
+        disc = cfg.distill.discriminator
+        taps = len(teacher.blocks()[disc.tap_every - 1::disc.tap_every])
+        if taps == 0:
+            raise ValueError(f"distill.discriminator.tap_every={disc.tap_every} taps no block of a teacher with "
+                             f"{len(teacher.blocks())} blocks")
+        self.discriminator = Discriminator([teacher.feature_width()] * taps, disc).to(device)
+        self.optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=disc.lr, betas=disc.betas,
+                                           weight_decay=disc.weight_decay)
+        self.detail_sigmas = euler_nodes(cfg.schedule)[: cfg.distill.kappa + 1].float()
+        self._pending: tuple | None = None
+
+    def state_modules(self) -> dict:
+        return {"discriminator": self.discriminator}
+
+    def state_optimizers(self) -> dict:
+        return {"discriminator_optimizer": self.optimizer}
+
+    def features(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> list[torch.Tensor]:
+        with self.teacher.tap_blocks(self.cfg.distill.discriminator.tap_every) as captured:
+            self.teacher.velocity(x, sigma, cond, guidance=self.cfg.distill.guidance_scale
+                                  if self.teacher.guidance == "embedded" else None)
+        return [feature.float() for feature in captured]
+
+    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor, cond: dict, generator: torch.Generator):
+        distill, device = self.cfg.distill, pred.device
+        pick = torch.randint(len(self.detail_sigmas), (pred.shape[0],), generator=generator)
+        sigma = self.detail_sigmas[pick].to(device)
+        noise = torch.randn(pred.shape, generator=device_generator(generator, device), device=device)
+        grid = self.teacher.token_grid(tuple(pred.shape))
+        fake = self.features(add_noise(pred, noise, sigma), sigma, cond)
+        with torch.no_grad():
+            real = self.features(add_noise(target, noise, sigma), sigma, cond)
+        hinge = hinge_generator(self.discriminator(fake, grid))
+        matching = feature_matching([self.teacher.project_features(f) for f in fake],
+                                    [self.teacher.project_features(r) for r in real])
+        loss = distill.adv_weight * (distill.generator_weight * hinge + distill.fm_weight * matching)
+        self._pending = ([f.detach() for f in fake], real, grid)
+        return loss, {"g_hinge": hinge.item(), "feature_matching": matching.item()}
+
+    def discriminator_step(self) -> dict[str, float]:
+        """One hinge step of the heads on the features the generator step just produced."""
+        fake, real, grid = self._pending
+        self._pending = None
+        self.optimizer.zero_grad(set_to_none=True)  # also drops grads the generator loss left on the heads
+        loss = hinge_discriminator(self.discriminator(real, grid), self.discriminator(fake, grid))
+        loss.backward()
+        self.optimizer.step()
+        return {"d_hinge": float(loss)}

@@ -1,0 +1,167 @@
+"""Stages `distill_semantic`, `distill_detail` and the LCM/PCM baselines: build the student, train it with
+the shared loop, export it as a DCMPipeline folder and judge it on held-out prompts.
+
+Outputs: `<distill.out_dir>/<name>/` (the pipeline folder; name = semantic | dcm | lcm | pcm) and
+`<distill.out_dir>/<name>.json` (metrics). Checkpoints: `<distill.checkpoint_dir>/<method>/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from dcm.config import DCMConfig, TrainConfig, config_to_dict
+from dcm.data.latents import decode_precomputed, has_trajectory
+from dcm.data.stream import SampleStream
+from dcm.data.tensors import video_to_clips
+from dcm.errors import StageError
+from dcm.eval.judge import judge_many
+from dcm.eval.prompts import heldout_prompts
+from dcm.io import read_json, write_json_atomic
+from dcm.models.dual_expert import Student
+from dcm.pipeline import DCMPipeline
+from dcm.precompute import EMPTY_PROMPT
+from dcm.precompute import MANIFEST as PRECOMPUTE_MANIFEST
+from dcm.sampling import seeded_noise
+from dcm.schedule import expert_threshold, segment_edges
+from dcm.train.consistency import ConsistencyDistillation
+from dcm.train.loop import resolve_device, train
+from dcm.train.teacher import load_teacher, teacher_content_hash
+
+OUTPUT_NAMES = {"semantic": "semantic", "detail": "dcm", "lcm": "lcm", "pcm": "pcm"}
+
+
+def train_config(cfg: DCMConfig, method: str) -> TrainConfig:
+    return {"semantic": cfg.distill.semantic, "detail": cfg.distill.detail}.get(method, cfg.distill.baseline)
+
+
+def output_folder(cfg: DCMConfig, name: str) -> Path:
+    return Path(cfg.distill.out_dir) / name
+
+
+def build_student(cfg: DCMConfig, method: str, teacher, device: torch.device) -> Student:
+    """semantic/lcm/pcm: a copy of the teacher; detail: the exported semantic expert, frozen, plus the
+    detail expert (LoRA + copied layers, or a full copy)."""
+    distill = cfg.distill
+    guidance = distill.guidance_scale if teacher.guidance == "embedded" else None
+    if method != "detail":
+        student = Student(teacher, copy.deepcopy(teacher.transformer), guidance=guidance)
+        if method == "semantic" and distill.semantic_weights == "lora":
+            student.add_semantic_lora(distill.lora)
+            student.train_only("semantic_lora")
+        else:
+            student.train_only("semantic")
+        return student.to(device)
+    semantic = output_folder(cfg, OUTPUT_NAMES["semantic"]) / "transformer"
+    if not semantic.is_dir():
+        raise StageError(f"{semantic} not found: the detail stage starts from the semantic expert; run "
+                         "distill_semantic first (dvc repro distill_semantic)")
+    transformer = type(teacher.transformer).from_pretrained(semantic, torch_dtype=torch.float32)
+    student = Student(teacher, transformer, guidance=guidance)
+    student.add_detail_expert(distill.detail_expert, teacher.detail_modules, distill.lora,
+                              expert_threshold(cfg.schedule, distill.kappa))
+    student.train_only("detail")
+    return student.to(device)
+
+
+def pipeline_info(cfg: DCMConfig, method: str, teacher, student: Student, steps: int) -> dict:
+    name = OUTPUT_NAMES[method]
+    return {"family": teacher.name, "method": name, "kappa": cfg.distill.kappa,
+            "edges": segment_edges("dcm" if method in ("semantic", "detail") else method, cfg.schedule,
+                                   cfg.distill.kappa, cfg.distill.pcm_phases),
+            "threshold": student.threshold, "guidance": student.guidance, "detail": student.detail_kind,
+            "schedule": config_to_dict(cfg.schedule), "max_text_tokens": teacher.max_text_tokens,
+            "defaults": {"frames": cfg.data.frames, "height": cfg.data.height, "width": cfg.data.width},
+            "teacher_hash": teacher_content_hash(cfg), "train_steps": steps}
+
+
+def sample_and_judge(cfg: DCMConfig, pipe: DCMPipeline, steps: int) -> tuple[dict, np.ndarray, list[dict]]:
+    """The held-out prompts, each from its own seeded noise (the teacher's for the same prompt)."""
+    prompts = heldout_prompts(cfg.shard.dir, cfg.distill.sample_prompts)
+    shape = pipe.family.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
+    noise = seeded_noise([p["seed"] for p in prompts], shape, torch.device("cpu"))
+    was_training = pipe.student.training
+    pipe.student.eval()
+    video = pipe([p["caption"] for p in prompts], num_inference_steps=steps, latents=noise, output_type="pt").frames
+    pipe.student.train(was_training)
+    clips = video_to_clips(video.permute(0, 4, 1, 2, 3) * 2 - 1)
+    scores = judge_many(clips, prompts, cfg.data, cfg.judge) if cfg.data.source == "shapes" else {}
+    return scores, clips, prompts
+
+
+def _precompute_manifest(cfg: DCMConfig) -> dict:
+    path = Path(cfg.precompute.dir) / PRECOMPUTE_MANIFEST
+    if not path.is_file():
+        raise StageError(f"{path} not found: distillation reads the precompute stage's output; run it first "
+                         "(dvc repro precompute)")
+    manifest = read_json(path)
+    if manifest["teacher_hash"] != teacher_content_hash(cfg):
+        raise StageError(f"{cfg.precompute.dir} was computed with another teacher; re-run the precompute stage")
+    if (cfg.distill.teacher_mode == "trajectory"
+            and abs(manifest["guidance_scale"] - cfg.distill.guidance_scale) > 1e-9):
+        raise StageError(f"teacher_mode=trajectory reads solves made with CFG {manifest['guidance_scale']}, but "
+                         f"distill.guidance_scale is {cfg.distill.guidance_scale}: make them equal or use "
+                         "teacher_mode: online")
+    return manifest
+
+
+def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict], None] | None = None,
+                      on_samples: Callable[[int, np.ndarray, list[dict]], None] | None = None,
+                      stop_after: int | None = None) -> dict:
+    if method not in OUTPUT_NAMES:
+        raise ValueError(f"method must be one of {sorted(OUTPUT_NAMES)}, got {method!r}")
+    train_cfg, distill = train_config(cfg, method), cfg.distill
+    manifest = _precompute_manifest(cfg)
+    device = resolve_device(train_cfg.device)
+    teacher = load_teacher(cfg, device)
+    teacher.transformer.requires_grad_(False).eval()
+    uncond = {k: v[None].to(device) for k, v in load_file(Path(cfg.precompute.dir) / EMPTY_PROMPT).items()}
+    with torch.random.fork_rng(devices=[]):  # LoRA and discriminator initialisation: seeded, reproducible
+        torch.manual_seed(cfg.seed)
+        student = build_student(cfg, method, teacher, device)
+        objective = ConsistencyDistillation(student, teacher, cfg, method, uncond, manifest["trajectory_nodes"])
+    keep = has_trajectory if distill.teacher_mode == "trajectory" else None
+    stream = SampleStream(cfg.precompute.dir, "train", train_cfg.shuffle_buffer, cfg.seed, decode=decode_precomputed,
+                          keep=keep)
+
+    def log(step: int, metrics: dict) -> None:
+        if on_log:
+            on_log(step, metrics)
+        if on_samples and distill.sample_every and step % distill.sample_every == 0:
+            pipe = DCMPipeline(teacher, student, pipeline_info(cfg, method, teacher, student, step))
+            with torch.no_grad():
+                _, clips, prompts = sample_and_judge(cfg, pipe, distill.sample_steps)
+            on_samples(step, clips, prompts)
+
+    result = train(objective, stream, train_cfg, Path(distill.checkpoint_dir) / method, cfg.seed, on_log=log,
+                   stop_after=stop_after, time_limit_s=train_cfg.time_limit_s)
+    if result.stopped_early:
+        raise StageError(f"{method} distillation stopped at step {result.steps} of {train_cfg.steps} (time limit or "
+                         f"stop request); its checkpoint is in {Path(distill.checkpoint_dir) / method}: run the stage "
+                         "again to continue")
+    final = result.ema or student
+    if method == "semantic" and distill.semantic_weights == "lora":
+        final.merge_semantic_lora()
+    name = OUTPUT_NAMES[method]
+    out = output_folder(cfg, name)
+    tmp = out.with_name(f".tmp-{name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    DCMPipeline(teacher, final, pipeline_info(cfg, method, teacher, final, result.steps)).save_pretrained(
+        tmp, Path(cfg.teacher.out_dir) / "model" if cfg.teacher.family == "toy" else cfg.teacher.path)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    reloaded = DCMPipeline.from_pretrained(out, device)  # judge what users will load
+    with torch.no_grad():
+        scores, clips, prompts = sample_and_judge(cfg, reloaded, distill.sample_steps)
+    tail = result.losses[-train_cfg.log_every:]
+    metrics = {"final_loss": float(np.mean(tail)), **{f"judge_{k}": v for k, v in scores.items()}}
+    write_json_atomic(out.with_name(f"{name}.json"), {"method": name, "steps": result.steps,
+                                                     "sample_steps": distill.sample_steps, **metrics})
+    return {"folder": str(out), "metrics": metrics, "clips": clips, "prompts": prompts, "losses": result.losses,
+            "steps": result.steps, "resumed_from": result.resumed_from}
