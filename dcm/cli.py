@@ -61,6 +61,20 @@ def cmd_precompute(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from flows.distill import distill_flow
+    methods = args.method
+    if methods == ["baselines"]:
+        methods = load_config(args.params, args.overrides).distill.baselines
+        if not methods:
+            print("distill: no baselines selected (distill.baselines is empty)")
+    for method in methods:
+        result = distill_flow(method, args.params, args.overrides)
+        summary = ", ".join(f"{k}={v:.3f}" for k, v in result["metrics"].items())
+        print(f"distill {method}: {result['folder']} ({summary}); MLflow run {result['run_id']}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from dcm.generate import generate_to_file
     cfg = load_config(args.params, args.overrides)
@@ -93,11 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(stage)
         stage.set_defaults(func=func)
 
+    distill = commands.add_parser("distill", help="consistency distillation: DCM's two stages or a baseline")
+    distill.add_argument("method", nargs="+", choices=["semantic", "detail", "lcm", "pcm", "baselines"],
+                         help="stage(s) to run; 'baselines' runs those listed in distill.baselines")
+    _add_config_args(distill)
+    distill.set_defaults(func=cmd_distill)
+
     generate = commands.add_parser("generate", help="generate one clip from a prompt and write an mp4")
     generate.add_argument("prompt")
-    generate.add_argument("--model", choices=["teacher"], default="teacher")
-    generate.add_argument("--steps", type=int, help="Euler steps (default: teacher.sampling.steps)")
-    generate.add_argument("--guidance", type=float, help="guidance scale (default: teacher.sampling.guidance_scale)")
+    generate.add_argument("--model", default="dcm",
+                          help="dcm (default), semantic, lcm, pcm (distilled students under distill.out_dir), "
+                               "teacher, or the path of a DCMPipeline folder")
+    generate.add_argument("--steps", type=int,
+                          help="steps (default: distill.sample_steps for students, teacher.sampling.steps for the teacher)")
+    generate.add_argument("--guidance", type=float, help="teacher only: guidance scale (default: teacher.sampling.guidance_scale)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--out", default="clip.mp4")
     _add_config_args(generate)

@@ -1,27 +1,50 @@
-"""`dcm generate`: one prompt → one mp4, from the teacher (the DCM student joins with the distill stages)."""
+"""`dcm generate`: one prompt → one mp4, from a distilled student (default: DCM) or the teacher."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from dcm.config import DCMConfig
 from dcm.data.tensors import video_to_clips
 from dcm.data.video_io import write_video
-from dcm.sampling import generate
+from dcm.sampling import generate, seeded_noise
 from dcm.schedule import sampling_sigmas
 from dcm.train.loop import resolve_device
+
+STUDENTS = ("dcm", "semantic", "lcm", "pcm")
+
+
+def student_folder(cfg: DCMConfig, model: str) -> Path:
+    folder = Path(cfg.distill.out_dir) / model if model in STUDENTS else Path(model)
+    if not folder.is_dir():
+        hint = ("run the distill stages first (dvc repro)" if model in STUDENTS
+                else f"expected teacher, {', '.join(STUDENTS)} or a DCMPipeline folder")
+        raise FileNotFoundError(f"model {model!r}: {folder} not found; {hint}")
+    return folder
 
 
 def generate_to_file(cfg: DCMConfig, model: str, prompt: str, steps: int | None, seed: int,
                      guidance: float | None, out: Path) -> Path:
-    from dcm.train.teacher import load_teacher
     sampling = cfg.teacher.sampling
-    if model != "teacher":
-        raise ValueError(f"model {model!r} is not available yet; only 'teacher' is built")
-    teacher = load_teacher(cfg, resolve_device(cfg.teacher.toy.train.device))
-    video = generate(teacher, [prompt], [seed], cfg.data.frames, cfg.data.height, cfg.data.width,
-                     sampling_sigmas(cfg.schedule, steps or sampling.steps),
-                     sampling.guidance_scale if guidance is None else guidance, cfg.teacher.negative_prompt, 1)
+    device = resolve_device(cfg.teacher.toy.train.device)
+    if model == "teacher":
+        from dcm.train.teacher import load_teacher
+        teacher = load_teacher(cfg, device)
+        video = generate(teacher, [prompt], [seed], cfg.data.frames, cfg.data.height, cfg.data.width,
+                         sampling_sigmas(cfg.schedule, steps or sampling.steps),
+                         sampling.guidance_scale if guidance is None else guidance, cfg.teacher.negative_prompt, 1)
+    else:
+        from dcm.pipeline import DCMPipeline
+        if guidance is not None:
+            raise ValueError("--guidance applies to the teacher only: distilled students have their guidance built in")
+        pipe = DCMPipeline.from_pretrained(student_folder(cfg, model), device)
+        shape = pipe.family.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
+        frames = pipe(prompt, num_inference_steps=steps or cfg.distill.sample_steps, num_frames=cfg.data.frames,
+                      height=cfg.data.height, width=cfg.data.width, latents=seeded_noise([seed], shape, torch.device("cpu")),
+                      output_type="pt").frames
+        video = frames.permute(0, 4, 1, 2, 3) * 2 - 1
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, video_to_clips(video)[0], sampling.fps, options={"crf": str(sampling.mp4_crf)})
     return out

@@ -70,7 +70,9 @@ def plan(cfg: DCMConfig, teacher_hash: str) -> list[PrecomputeJob]:
     if not manifest_path.is_file():
         raise StageError(f"{manifest_path} not found: run the shard stage first (dvc repro shard)")
     shards = read_json(manifest_path)
-    settings = {"precompute": config_to_dict(cfg.precompute), "schedule": config_to_dict(cfg.schedule),
+    # Only what changes the bytes: where it runs and how long rank 0 waits do not.
+    settings = {"precompute": {k: v for k, v in config_to_dict(cfg.precompute).items()
+                               if k not in ("dir", "device", "wait_for_ranks_s")}, "schedule": config_to_dict(cfg.schedule),
                 "guidance": cfg.teacher.sampling.guidance_scale, "negative": cfg.teacher.negative_prompt,
                 "teacher": teacher_hash, "seed": cfg.seed}
     jobs = []

@@ -87,7 +87,7 @@ def segment_edges(method: str, cfg: ScheduleConfig, kappa: int, phases: int) -> 
     if method == "lcm":
         return [END]
     if method == "pcm":
-        return [END] + [round(k * cfg.euler_nodes / phases) - 1 for k in range(1, phases)]
+        return [END] + [k * cfg.euler_nodes // phases - 1 for k in range(1, phases)]
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 

@@ -8,7 +8,8 @@ import torch
 from dcm.config import ScheduleConfig
 from dcm.losses import (feature_matching, hinge_discriminator, hinge_generator, l2, pseudo_huber,
                         temporal_coherence)
-from dcm.schedule import euler_nodes, euler_step, sampling_sigmas, shift_sigmas
+from dcm.schedule import (END, euler_nodes, euler_step, expert_threshold, inference_sigmas, sampling_sigmas,
+                          segment_edges, shift_sigmas, steps_per_segment, target_node, training_nodes)
 
 REFERENCE = ScheduleConfig(train_sigmas=1000, euler_nodes=50, shift=17.0)
 
@@ -22,6 +23,39 @@ def test_shift_17_nodes_by_hand():
     assert float(nodes[49]) == pytest.approx(1.0)
     assert float(nodes[0]) == pytest.approx(17 * 0.02 / (1 + 16 * 0.02))  # 0.257575…
     assert torch.all(nodes[1:] > nodes[:-1])
+
+
+def shifted(raw: float, shift: float = 17.0) -> float:
+    return shift * raw / (1 + (shift - 1) * raw)
+
+
+def test_segments_and_targets_by_hand():
+    assert segment_edges("dcm", REFERENCE, 37, 4) == [END, 37]
+    assert segment_edges("lcm", REFERENCE, 37, 4) == [END]
+    assert segment_edges("pcm", REFERENCE, 37, 4) == [END, 11, 24, 36]  # 50k/4 − 1, floored
+    # semantic nodes jump to κ, detail nodes (κ included) to the end, LCM always to the end
+    assert target_node(49, [END, 37]) == 37 and target_node(38, [END, 37]) == 37
+    assert target_node(37, [END, 37]) == END and target_node(0, [END, 37]) == END
+    assert target_node(30, [END, 11, 24, 36]) == 24 and target_node(12, [END, 11, 24, 36]) == 11
+    assert training_nodes("semantic", REFERENCE, 37) == list(range(38, 50))
+    assert training_nodes("detail", REFERENCE, 37) == list(range(0, 38))
+    # the routing threshold lies between σ_37 = 0.981763 and σ_38 = shifted(0.78)
+    assert expert_threshold(REFERENCE, 37) == pytest.approx((0.981763 + shifted(0.78)) / 2, abs=1e-6)
+
+
+def test_inference_sigmas_split_evenly_between_experts_by_hand():
+    dcm = [END, 37]
+    # 4 steps: semantic starts at nodes 49 and 49 − 12//2 = 43, detail at 37 and 37 − 38//2 = 18, then 0
+    assert inference_sigmas(REFERENCE, 4, dcm).tolist() == pytest.approx(
+        [1.0, shifted(0.88), 0.981763, shifted(0.38), 0.0], abs=1e-6)
+    assert inference_sigmas(REFERENCE, 4, dcm)[1] == pytest.approx(0.992042, abs=1e-6)
+    assert inference_sigmas(REFERENCE, 4, dcm)[3] == pytest.approx(0.912429, abs=1e-6)
+    assert inference_sigmas(REFERENCE, 2, dcm).tolist() == pytest.approx([1.0, 0.981763, 0.0], abs=1e-6)
+    assert inference_sigmas(REFERENCE, 1, dcm).tolist() == pytest.approx([1.0, 0.0])  # no detail step
+    assert len(inference_sigmas(REFERENCE, 8, dcm)) == 9
+    assert steps_per_segment(5, 2) == [3, 2] and steps_per_segment(1, 4) == [1, 0, 0, 0]
+    with pytest.raises(ValueError, match="only 12 nodes"):
+        inference_sigmas(REFERENCE, 26, dcm)  # 13 steps into the 12-node semantic segment
 
 
 def test_shift_one_is_identity_and_sampling_grid():

@@ -14,9 +14,10 @@ from dcm.data.sharding import run_shard_stage
 from dcm.io import read_json
 from flows.shard import run as run_shard_flow
 from dcm.config import parse_override
-from tests.conftest import REPO, TINY_TEACHER
+from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
 
 BIN = Path(sys.executable).parent
+STAGES = ("shard", "teacher", "precompute", "distill_semantic", "distill_detail")
 SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16"]
 
 
@@ -42,7 +43,7 @@ def project(tmp_path):
             shutil.copy2(REPO / name, root / name)
     # A `tiny` profile, selected in the file: the pipeline as shipped, only smaller.
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["profiles"]["tiny"] = dict(parse_override(o) for o in SMALL + TINY_TEACHER)
+    params["profiles"]["tiny"] = dict(parse_override(o) for o in SMALL + TINY_TEACHER + TINY_DISTILL)
     params["profile"] = "tiny"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
@@ -69,12 +70,13 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert manifest["splits"]["train"]["samples"] == 40
     assert read_json(project / "data" / "latents" / "manifest.json")["splits"]["train"]["samples"] == 40
     assert (project / "data" / "teacher" / "model" / "model_index.json").is_file()
-    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [1, 1, 1]
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 1, 1, 1]
+    assert (project / "data" / "students" / "dcm" / "detail" / "pytorch_lora_weights.safetensors").is_file()
     assert (project / ".prefect").is_dir()  # Prefect stayed inside the project
 
     again = dvc(project, "repro")
     assert again.returncode == 0 and "up to date" in again.stdout
-    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [1, 1, 1]  # nothing re-ran
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 1, 1, 1]  # nothing re-ran
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["precompute"]["wait_for_ranks_s"] = 60  # a param only precompute reads (the profile leaves it)
@@ -82,14 +84,21 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     changed = dvc(project, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert "Stage 'teacher' didn't change" in changed.stdout
-    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [1, 1, 2]
+    # precompute re-ran, wrote the same bytes, so the distill stages' inputs did not change
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 1]
+
+    params["distill"]["detail"]["weight_decay"] = 0.002  # a param only distill_detail reads
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = dvc(project, "repro")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 2]
 
     params["profiles"]["tiny"]["data.shapes.val_samples"] = 6  # a data param: everything downstream re-runs
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(project, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert read_json(project / "data" / "shards" / "manifest.json")["splits"]["val"]["samples"] == 6
-    assert [stage_runs(project, s) for s in ("shard", "teacher", "precompute")] == [2, 2, 3]
+    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 3]
 
 
 def test_unknown_param_key_fails_with_one_line_naming_it(project):

@@ -48,7 +48,7 @@ def test_generate_writes_a_playable_mp4(tmp_path, tiny):
     run_teacher_stage(tiny)
     overrides = [f"shard.dir={tiny.shard.dir}", f"teacher.out_dir={tiny.teacher.out_dir}", *TINY_TEACHER]
     out = tmp_path / "clip.mp4"
-    result = subprocess.run([sys.executable, "-m", "dcm.cli", "generate", "a red circle moving left", "--steps", "5",
+    result = subprocess.run([sys.executable, "-m", "dcm.cli", "generate", "a red circle moving left", "--model", "teacher", "--steps", "5",
                              "--out", str(out), "--params", str(REPO / "params.yaml"),
                              *sum((["-S", o] for o in overrides), [])], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -67,4 +67,4 @@ class AdversarialLoss:
         loss = hinge_discriminator(self.discriminator(real, grid), self.discriminator(fake, grid))
         loss.backward()
         self.optimizer.step()
-        return {"d_hinge": float(loss)}
+        return {"d_hinge": loss.item()}

@@ -1,0 +1,200 @@
+"""Distillation: per-sample routing, exact resume of both stages, resolution independence, trajectory
+and online teachers, baselines, the exported pipeline and its LoRA, and `dcm generate` at any step count."""
+
+import copy
+import time
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+
+from dcm.cli import main as cli
+from dcm.config import load_config
+from dcm.data.sharding import run_shard_stage
+from dcm.errors import StageError
+from dcm.models.dual_expert import Student
+from dcm.models.lora_io import MODULES_FILE
+from dcm.pipeline import DCMPipeline
+from dcm.precompute import run_precompute_stage
+from dcm.schedule import expert_threshold
+from dcm.train.distill import run_distill_stage
+from dcm.train.teacher import load_teacher, run_teacher_stage
+from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
+
+# Every sample gets a teacher trajectory, so trajectory mode has the same data as online mode.
+ALL_TRAJECTORIES = ["precompute.trajectories_per_shard=null"]
+
+
+def data_overrides(root: Path) -> list[str]:
+    return [f"shard.dir={root / 'shards'}", f"teacher.out_dir={root / 'teacher'}",
+            f"teacher.checkpoint_dir={root / 'ckpt-teacher'}", f"precompute.dir={root / 'latents'}",
+            "data.shapes.train_samples=16", "data.shapes.val_samples=6", "shard.samples_per_shard=8"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Shards, a tiny trained teacher and its precompute (every sample with a trajectory), made once."""
+    root = tmp_path_factory.mktemp("prepared")
+    overrides = [*TINY_TEACHER, *TINY_DISTILL, *ALL_TRAJECTORIES, *data_overrides(root)]
+    cfg = load_config(REPO / "params.yaml", overrides)
+    run_shard_stage(cfg)
+    run_teacher_stage(cfg)
+    run_precompute_stage(cfg)
+    return overrides
+
+
+@pytest.fixture
+def config(prepared, tmp_path):
+    def build(*extra: str):
+        return load_config(REPO / "params.yaml", [*prepared, f"distill.out_dir={tmp_path / 'students'}",
+                                                  f"distill.checkpoint_dir={tmp_path / 'ckpt'}",
+                                                  f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+    return build
+
+
+def perturbed_student(cfg, kind: str) -> Student:
+    """A dual-expert student whose detail expert differs from its semantic expert."""
+    teacher = load_teacher(cfg)
+    student = Student(teacher, copy.deepcopy(teacher.transformer))
+    student.add_detail_expert(kind, teacher.detail_modules, cfg.distill.lora, expert_threshold(cfg.schedule, 4))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in student.detail_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return student.eval()
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_mixed_batch_routes_each_sample_like_two_separate_calls(config, kind):
+    cfg = config()
+    student = perturbed_student(cfg, kind)
+    teacher = load_teacher(cfg)
+    x = torch.randn(4, 3, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    threshold = student.threshold
+    sigma = torch.tensor([0.99, threshold * 0.5, 1.0, threshold])  # semantic, detail, semantic, detail (boundary)
+    cond = teacher.encode_prompts(["a red circle moving left"] * 4)
+    with torch.no_grad():
+        mixed = student(x, sigma, cond)
+        semantic = student.expert_velocity("semantic", x[[0, 2]], sigma[[0, 2]], {k: v[[0, 2]] for k, v in cond.items()})
+        detail = student.expert_velocity("detail", x[[1, 3]], sigma[[1, 3]], {k: v[[1, 3]] for k, v in cond.items()})
+        detail_as_semantic = student.expert_velocity("semantic", x[[1, 3]], sigma[[1, 3]],
+                                                     {k: v[[1, 3]] for k, v in cond.items()})
+    assert torch.equal(mixed[[0, 2]], semantic) and torch.equal(mixed[[1, 3]], detail)
+    assert not torch.allclose(detail, detail_as_semantic, atol=1e-4)  # the experts really differ
+
+
+def resumed_losses(cfg, method: str, stop_after: int) -> list[float]:
+    with pytest.raises(StageError, match="stopped at step"):
+        run_distill_stage(cfg, method, stop_after=stop_after)
+    return run_distill_stage(cfg, method)["losses"]
+
+
+def test_both_stages_resume_to_the_uninterrupted_loss_sequence(config, tmp_path):
+    straight = config()
+    semantic = run_distill_stage(straight, "semantic")["losses"]
+    detail = run_distill_stage(straight, "detail")["losses"]
+    assert len(semantic) == 4 and len(detail) == 4
+
+    resumed = config(f"distill.out_dir={tmp_path / 'resumed'}", f"distill.checkpoint_dir={tmp_path / 'ckpt-resumed'}")
+    assert resumed_losses(resumed, "semantic", 3) == semantic  # checkpoint at 2, stop at 3, resume from 3
+    assert resumed_losses(resumed, "detail", 1) == detail
+
+
+def test_detail_stage_runs_at_another_resolution_and_frame_count(config, prepared, tmp_path):
+    cfg = config()
+    run_distill_stage(cfg, "semantic")
+    other = config("data.frames=6", "data.height=24", "data.width=32", f"shard.dir={tmp_path / 'shards2'}",
+                   f"precompute.dir={tmp_path / 'latents2'}")
+    run_shard_stage(other)
+    run_precompute_stage(other)
+    small = run_distill_stage(cfg, "detail")
+    large = run_distill_stage(config("data.frames=6", "data.height=24", "data.width=32",
+                                     f"shard.dir={tmp_path / 'shards2'}", f"precompute.dir={tmp_path / 'latents2'}",
+                                     f"distill.checkpoint_dir={tmp_path / 'ckpt2'}"), "detail")
+    assert small["clips"].shape[1:4] == (4, 16, 16) and large["clips"].shape[1:4] == (6, 24, 32)
+    assert all(torch.isfinite(torch.tensor(r["losses"])).all() for r in (small, large))
+
+
+def test_trajectory_and_online_teachers_both_train(config, tmp_path, capsys):
+    timings = {}
+    for mode in ("online", "trajectory"):
+        cfg = config(f"distill.teacher_mode={mode}", f"distill.checkpoint_dir={tmp_path / mode}")
+        start = time.perf_counter()
+        result = run_distill_stage(cfg, "semantic")
+        timings[mode] = (time.perf_counter() - start) / result["steps"]
+        assert result["steps"] == 4 and all(loss == loss and loss > 0 for loss in result["losses"])
+    with capsys.disabled():
+        print(f"\nsemantic stage, tiny config, CPU: {timings}")
+
+
+def test_trajectory_mode_refuses_other_guidance(config):
+    with pytest.raises(StageError, match="make them equal"):
+        run_distill_stage(config("distill.teacher_mode=trajectory", "distill.guidance_scale=2.5"), "semantic")
+
+
+def test_detail_stage_needs_the_semantic_expert(config):
+    with pytest.raises(StageError, match="run distill_semantic first"):
+        run_distill_stage(config(), "detail")
+
+
+@pytest.mark.parametrize("method", ["lcm", "pcm"])
+def test_baselines_train_and_export_a_single_expert(config, method):
+    cfg = config()
+    result = run_distill_stage(cfg, method)
+    pipe = DCMPipeline.from_pretrained(result["folder"])
+    assert pipe.info["method"] == method and pipe.student.detail_kind is None
+    expected = [-1] if method == "lcm" else [-1, 1, 4, 6]  # pcm: 4 phases over 10 nodes
+    assert pipe.edges == expected
+
+
+def test_exported_lora_and_copies_turn_a_plain_diffusers_transformer_into_the_detail_expert(config):
+    cfg = config()
+    run_distill_stage(cfg, "semantic")
+    folder = Path(run_distill_stage(cfg, "detail")["folder"])
+    pipe = DCMPipeline.from_pretrained(folder)
+    plain = WanTransformer3DModel.from_pretrained(folder / "transformer")
+    plain.load_lora_adapter(folder / "detail", adapter_name="detail", use_safetensors=True)
+    missing, unexpected = plain.load_state_dict(load_file(folder / "detail" / MODULES_FILE), strict=False)
+    assert not unexpected
+    x = torch.randn(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    sigma = torch.tensor([0.3, 0.1])
+    cond = pipe.family.encode_prompts(["a blue square moving up", "a green diamond not moving"])
+    with torch.no_grad():
+        expert = pipe.student.expert_velocity("detail", x, sigma, cond)
+        semantic = pipe.student.expert_velocity("semantic", x, sigma, cond)
+        plain_out = plain(hidden_states=x, timestep=sigma * 1000, encoder_hidden_states=cond["embeds"],
+                          return_dict=False)[0]
+        merged = DCMPipeline.from_pretrained(folder, detail_weights="merged").student(x, sigma, cond)
+    assert torch.allclose(plain_out, expert, atol=1e-5)
+    assert torch.allclose(merged, expert, atol=1e-5)
+    assert not torch.allclose(expert, semantic, atol=1e-6)  # training moved the detail expert
+
+
+def test_semantic_stage_as_lora_merges_into_plain_weights(config):
+    cfg = config("distill.semantic_weights=lora")
+    result = run_distill_stage(cfg, "semantic")
+    pipe = DCMPipeline.from_pretrained(result["folder"])
+    assert not any("lora" in name for name in pipe.student.transformer.state_dict())
+    teacher = load_teacher(cfg)
+    changed = [n for n, p in pipe.student.transformer.state_dict().items()
+               if not torch.equal(p, teacher.transformer.state_dict()[n])]
+    assert changed and all("attn" in n for n in changed)  # only the LoRA-targeted attention weights moved
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_generate_writes_a_playable_mp4_at_any_step_count(config, prepared, tmp_path, steps):
+    cfg = config()
+    if not (Path(cfg.distill.out_dir) / "dcm").is_dir():
+        run_distill_stage(cfg, "semantic")
+        run_distill_stage(cfg, "detail")
+    out = tmp_path / f"clip-{steps}.mp4"
+    overrides = [*prepared, f"distill.out_dir={cfg.distill.out_dir}"]
+    code = cli(["generate", "a red circle moving left over black", "--steps", str(steps), "--out", str(out),
+                "--params", str(REPO / "params.yaml"), *sum((["-S", o] for o in overrides), [])])
+    assert code == 0
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
