@@ -44,10 +44,18 @@ def _latents_line(manifest: dict) -> str:
                      for split, e in manifest["splits"].items())
 
 
+def _student_line(metrics: dict) -> str:
+    judge = metrics.get("judge_overall")
+    score = f", judge overall {judge:.3f} at {metrics['sample_steps']} steps" if judge is not None else ""
+    return f"{metrics['steps']} training steps{score}"
+
+
 def describe(cfg: DCMConfig) -> str:
+    students = [(name, cfg.distill.out_dir, f"{name}.json", _student_line) for name in ("semantic", "dcm", "lcm", "pcm")
+                if name in ("semantic", "dcm") or name in cfg.distill.baselines]
     stages = (("shard", cfg.shard.dir, SHARD_MANIFEST, _shards_line),
               ("teacher", cfg.teacher.out_dir, TEACHER_MANIFEST, _teacher_line),
-              ("latents", cfg.precompute.dir, LATENTS_MANIFEST, _latents_line))
+              ("latents", cfg.precompute.dir, LATENTS_MANIFEST, _latents_line), *students)
     lines = []
     for name, folder, manifest_name, summarise in stages:
         path = Path(folder) / manifest_name
