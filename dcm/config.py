@@ -343,14 +343,19 @@ def apply_override(tree: dict, key: str, value: Any) -> None:
 def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        path = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             lines.append(f"{source}: {path}: unknown key; remove it or check its spelling")
         elif item["type"] == "missing":
             lines.append(f"{source}: {path}: required key is missing")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {path}: {message} (got {item.get('input')!r})")
+            if not path:  # a cross-field check: its message names the keys; the input is the whole file
+                lines.append(f"{source}: {message}")
+            elif isinstance(item.get("input"), dict):  # a section-level check: same, for one section
+                lines.append(f"{source}: {path}: {message}")
+            else:
+                lines.append(f"{source}: {path}: {message} (got {item.get('input')!r})")
     return "\n".join(lines)
 
 

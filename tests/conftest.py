@@ -35,12 +35,12 @@ TINY_TEACHER = ["data.frames=4", "data.height=16", "data.width=16", "teacher.toy
                 "teacher.toy.train.steps=4", "teacher.toy.train.batch_size=4", "teacher.toy.train.warmup_steps=2",
                 "teacher.toy.train.checkpoint_every=2", "teacher.toy.train.log_every=1",
                 "teacher.toy.train.shuffle_buffer=8", "teacher.toy.train.device=cpu", "teacher.sampling.steps=6",
-                "teacher.sampling.eval_prompts=3", "schedule.euler_nodes=10", "precompute.batch_size=3",
+                "teacher.sampling.eval_prompts=3", "schedule.euler_nodes=10", "distill.kappa=4", "precompute.batch_size=3",
                 "precompute.trajectories_per_shard=2", "precompute.dtype=float32", "precompute.device=cpu"]
 
 
-# Distillation sized for the tiny teacher (10 Euler nodes: κ = 4 leaves five nodes to each expert).
-TINY_DISTILL = ["distill.kappa=4", "distill.lora.rank=4", "distill.lora.alpha=8", "distill.discriminator.hidden=16",
+# Distillation sized for the tiny teacher (whose κ = 4 of 10 Euler nodes leaves five nodes to each expert).
+TINY_DISTILL = ["distill.lora.rank=4", "distill.lora.alpha=8", "distill.discriminator.hidden=16",
                 "distill.discriminator.groups=4", "distill.discriminator.tap_every=1", "distill.sample_prompts=2"]
 for _part in ("semantic", "detail", "baseline"):
     TINY_DISTILL += [f"distill.{_part}.steps=4", f"distill.{_part}.batch_size=4", f"distill.{_part}.checkpoint_every=2",

@@ -1,6 +1,7 @@
 """Every real family through the same adapter API, on tiny random configs of its real diffusers and
 transformers classes saved in diffusers layout (nothing downloaded): load → encode → velocity → decode."""
 
+import copy
 
 import pytest
 import torch
@@ -10,6 +11,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast, T5Config,
                           T5EncoderModel, UMT5Config, UMT5EncoderModel)
 
+from dcm.config import DiscriminatorConfig, LoraConfig
+from dcm.models.discriminator import Discriminator
+from dcm.models.dual_expert import Student
 from dcm.models.family import TeacherFolderError
 from dcm.models.registry import family_class
 from dcm.sampling import guided_velocity
@@ -130,3 +134,33 @@ def test_incomplete_folder_lists_everything_missing(tmp_path):
 def test_missing_folder_says_nothing_is_downloaded(tmp_path):
     with pytest.raises(TeacherFolderError, match="nothing is downloaded"):
         family_class("hunyuan").load(tmp_path / "nope", max_text_tokens=TEXT_TOKENS)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_dual_expert_and_discriminator_on_every_family(tmp_path, name):
+    """The DCM student (LoRA + copied layers, per-sample routing) and the discriminator's token grid work
+    on each real family's classes, not only on the toy's."""
+    BUILDERS[name](tmp_path)
+    teacher = family_class(name).load(tmp_path, max_text_tokens=TEXT_TOKENS)
+    latents = torch.randn(2, *teacher.latent_shape(9, 32, 32), generator=torch.Generator().manual_seed(0))
+    cond = teacher.encode_prompts(["a red circle moving left", "on black background"])
+    guidance = 3.0 if teacher.guidance == "embedded" else None
+    student = Student(teacher, copy.deepcopy(teacher.transformer), guidance=guidance)
+    lora = LoraConfig(rank=2, alpha=4, targets=["to_q", "to_k", "to_v", "to_out.0"])
+    student.add_detail_expert("lora", teacher.detail_modules, lora, threshold=0.5)
+    with torch.no_grad():
+        for p in student.detail_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        sigma = torch.tensor([0.9, 0.3])
+        mixed = student(latents, sigma, cond)
+        semantic = student.expert_velocity("semantic", latents[:1], sigma[:1], {k: v[:1] for k, v in cond.items()})
+        detail = student.expert_velocity("detail", latents[1:], sigma[1:], {k: v[1:] for k, v in cond.items()})
+        assert torch.equal(mixed[:1], semantic) and torch.equal(mixed[1:], detail)
+        with teacher.tap_blocks(every=1) as taps:
+            teacher.velocity(latents, sigma, cond, guidance=3.0)
+    grid = teacher.token_grid(tuple(latents.shape))
+    heads = Discriminator([teacher.feature_width()] * len(taps), DiscriminatorConfig(
+        tap_every=1, hidden=8, groups=2, lr=1e-5, betas=(0.0, 0.999), weight_decay=0.0))
+    logits = heads(taps, grid)
+    assert [tuple(x.shape) for x in logits] == [(2, *grid)] * len(taps)
+    assert teacher.project_features(taps[0]).shape[:2] == taps[0].shape[:2]
