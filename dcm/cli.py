@@ -75,6 +75,14 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from flows.evaluate import evaluate_flow
+    result = evaluate_flow(args.params, args.overrides)
+    print(f"evaluate: {result['files']['report']}; MLflow run {result['run_id']}")
+    print(open(result["files"]["report"]).read(), end="")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from dcm.generate import generate_to_file
     cfg = load_config(args.params, args.overrides)
@@ -112,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stage(s) to run; 'baselines' runs those listed in distill.baselines")
     _add_config_args(distill)
     distill.set_defaults(func=cmd_distill)
+
+    evaluate = commands.add_parser("evaluate", help="teacher vs DCM vs baselines: judge, fidelity, latency, report")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     generate = commands.add_parser("generate", help="generate one clip from a prompt and write an mp4")
     generate.add_argument("prompt")

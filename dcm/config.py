@@ -281,6 +281,18 @@ class DistillConfig(Strict):
     baselines: list[Literal["lcm", "pcm"]]  # trained by the distill_baselines stage
 
 
+class EvaluateConfig(Strict):
+    """Stage `evaluate`: teacher vs DCM vs baselines on the same prompts, seeds and initial noise."""
+
+    out_dir: str
+    prompts: int = Field(ge=1)  # held-out prompts (shapes: val clips with unseen colour+shape pairs first)
+    student_steps: list[int] = Field(min_length=1)  # step counts every student is evaluated at
+    batch_size: int = Field(ge=1)
+    latency_repeats: int = Field(ge=1)  # timed generations per model; the median is reported
+    device: str
+    grid_prompts: int = Field(ge=1)  # rows of the sample grid
+
+
 class TrackingConfig(Strict):
     uri: str  # MLFLOW_TRACKING_URI in the environment wins, as MLflow users expect
     artifacts: str
@@ -298,6 +310,7 @@ class DCMConfig(Strict):
     teacher: TeacherConfig
     precompute: PrecomputeConfig
     distill: DistillConfig
+    evaluate: EvaluateConfig
     tracking: TrackingConfig
 
     @model_validator(mode="after")

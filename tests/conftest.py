@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from dcm.config import load_config
+from dcm.data.sharding import run_shard_stage
+from dcm.precompute import run_precompute_stage
+from dcm.train.teacher import run_teacher_stage
 from dcm.env import apply_runtime_defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +49,35 @@ for _part in ("semantic", "detail", "baseline"):
     TINY_DISTILL += [f"distill.{_part}.steps=4", f"distill.{_part}.batch_size=4", f"distill.{_part}.checkpoint_every=2",
                      f"distill.{_part}.log_every=1", f"distill.{_part}.shuffle_buffer=8", f"distill.{_part}.device=cpu",
                      f"distill.{_part}.lr=0.001"]
+
+
+# Every sample gets a teacher trajectory, so trajectory mode has the same data as online mode.
+ALL_TRAJECTORIES = ["precompute.trajectories_per_shard=null"]
+
+
+def data_overrides(root: Path) -> list[str]:
+    return [f"shard.dir={root / 'shards'}", f"teacher.out_dir={root / 'teacher'}",
+            f"teacher.checkpoint_dir={root / 'ckpt-teacher'}", f"precompute.dir={root / 'latents'}",
+            "data.shapes.train_samples=16", "data.shapes.val_samples=6", "shard.samples_per_shard=8"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Shards, a tiny trained teacher and its precompute (every sample with a trajectory), made once."""
+    root = tmp_path_factory.mktemp("prepared")
+    overrides = [*TINY_TEACHER, *TINY_DISTILL, *ALL_TRAJECTORIES, *data_overrides(root)]
+    cfg = load_config(REPO / "params.yaml", overrides)
+    run_shard_stage(cfg)
+    run_teacher_stage(cfg)
+    run_precompute_stage(cfg)
+    return overrides
+
+
+@pytest.fixture
+def config(prepared, tmp_path):
+    def build(*extra: str):
+        return load_config(REPO / "params.yaml", [*prepared, f"distill.out_dir={tmp_path / 'students'}",
+                                                  f"distill.checkpoint_dir={tmp_path / 'ckpt'}",
+                                                  f"evaluate.out_dir={tmp_path / 'eval'}",
+                                                  f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+    return build

@@ -12,7 +12,6 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file
 
 from dcm.cli import main as cli
-from dcm.config import load_config
 from dcm.data.sharding import run_shard_stage
 from dcm.errors import StageError
 from dcm.models.dual_expert import Student
@@ -21,39 +20,8 @@ from dcm.pipeline import DCMPipeline
 from dcm.precompute import run_precompute_stage
 from dcm.schedule import expert_threshold
 from dcm.train.distill import run_distill_stage
-from dcm.train.teacher import load_teacher, run_teacher_stage
-from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
-
-# Every sample gets a teacher trajectory, so trajectory mode has the same data as online mode.
-ALL_TRAJECTORIES = ["precompute.trajectories_per_shard=null"]
-
-
-def data_overrides(root: Path) -> list[str]:
-    return [f"shard.dir={root / 'shards'}", f"teacher.out_dir={root / 'teacher'}",
-            f"teacher.checkpoint_dir={root / 'ckpt-teacher'}", f"precompute.dir={root / 'latents'}",
-            "data.shapes.train_samples=16", "data.shapes.val_samples=6", "shard.samples_per_shard=8"]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """Shards, a tiny trained teacher and its precompute (every sample with a trajectory), made once."""
-    root = tmp_path_factory.mktemp("prepared")
-    overrides = [*TINY_TEACHER, *TINY_DISTILL, *ALL_TRAJECTORIES, *data_overrides(root)]
-    cfg = load_config(REPO / "params.yaml", overrides)
-    run_shard_stage(cfg)
-    run_teacher_stage(cfg)
-    run_precompute_stage(cfg)
-    return overrides
-
-
-@pytest.fixture
-def config(prepared, tmp_path):
-    def build(*extra: str):
-        return load_config(REPO / "params.yaml", [*prepared, f"distill.out_dir={tmp_path / 'students'}",
-                                                  f"distill.checkpoint_dir={tmp_path / 'ckpt'}",
-                                                  f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
-    return build
-
+from dcm.train.teacher import load_teacher
+from tests.conftest import REPO
 
 def perturbed_student(cfg, kind: str) -> Student:
     """A dual-expert student whose detail expert differs from its semantic expert."""

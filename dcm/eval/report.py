@@ -1,0 +1,95 @@
+"""The evaluation report: a markdown table, a CSV for `dvc plots`, PNG charts and a sample grid."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dcm.io import atomic_path
+
+COLUMNS = ("judge_overall", "judge_colour", "judge_shape", "judge_motion", "psnr_vs_teacher", "ssim_vs_teacher",
+           "saturation_mean", "oversaturated_fraction", "latency_s", "speedup")
+GRID_FRAMES = 4  # frames per sample row
+GAP = 2  # pixels between rows
+
+
+def markdown(rows: list[dict], device: str) -> str:
+    present = [c for c in COLUMNS if any(c in row for row in rows)]
+    lines = ["# Evaluation: teacher vs DCM vs baselines", "",
+             f"Same prompts, seeds and initial noise for every model; latency per clip on {device}, measured in "
+             "this run (speedup = teacher latency / model latency).", "",
+             "| model | steps | " + " | ".join(present) + " |", "|---|---|" + "---|" * len(present)]
+    for row in rows:
+        cells = [f"{row[c]:.4g}" if c in row else "–" for c in present]
+        lines.append(f"| {row['model']} | {row['steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    fields = ["model", "steps", *[c for c in COLUMNS if any(c in row for row in rows)]]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_charts(rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    for metric, title in (("judge_overall", "judge overall (higher is better)"),
+                          ("psnr_vs_teacher", "PSNR vs teacher, dB (higher is closer)"),
+                          ("speedup", "speedup vs the teacher")):
+        if not any(metric in row for row in rows):
+            continue
+        figure, axis = plt.subplots(figsize=(5, 3.2))
+        for model in dict.fromkeys(row["model"] for row in rows):
+            points = [(row["steps"], row[metric]) for row in rows if row["model"] == model and metric in row]
+            if not points:
+                continue
+            if model == "teacher":
+                axis.axhline(points[0][1], color="black", linestyle="--", label=f"teacher ({points[0][0]} steps)")
+            else:
+                axis.plot(*zip(*points), marker="o", label=model)
+        axis.set_xlabel("steps")
+        axis.set_title(title)
+        axis.legend()
+        figure.tight_layout()
+        path = out / f"{metric}.png"
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def sample_grid(samples: dict[str, np.ndarray], rows: int) -> np.ndarray:
+    """One row per (prompt, model): GRID_FRAMES evenly spaced frames side by side."""
+    strips = []
+    for index in range(rows):
+        for clips in samples.values():
+            clip = clips[index]
+            picks = np.linspace(0, len(clip) - 1, GRID_FRAMES).round().astype(int)
+            strips.append(np.concatenate(list(clip[picks]), axis=1))
+            strips.append(np.full((GAP, strips[-1].shape[1], 3), 255, np.uint8))
+    return np.concatenate(strips[:-1], axis=0)
+
+
+def write_report(rows: list[dict], samples: dict[str, np.ndarray], captions: list[str], out: Path,
+                 device: str) -> dict[str, Path]:
+    files = {"report": out / "report.md", "table": out / "quality.csv", "grid": out / "samples.png"}
+    order = "; ".join(samples)
+    text = markdown(rows, device) + (f"\n`samples.png`: for each of the prompts {captions}, one row per model "
+                                     f"({order}), {GRID_FRAMES} frames each.\n")
+    with atomic_path(files["report"]) as tmp:
+        Path(tmp).write_text(text)
+    write_table(rows, files["table"])
+    with atomic_path(files["grid"]) as tmp:
+        Image.fromarray(sample_grid(samples, len(captions))).save(tmp, format="png")
+    for path in write_charts(rows, out):
+        files[path.stem] = path
+    return files

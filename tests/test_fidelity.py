@@ -1,0 +1,38 @@
+"""Fidelity and saturation metrics against values computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dcm.eval.fidelity import psnr, saturation, saturation_stats, ssim
+
+
+def test_psnr_by_hand():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0, 0] = 10  # one pixel value off by 10 in 96: MSE = 100 / 96
+    assert psnr(b, a) == pytest.approx(10 * math.log10(255 ** 2 / (100 / 96)))
+    assert psnr(a, a) == math.inf
+
+
+def test_ssim_identity_constant_shift_and_noise():
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+    assert ssim(clip, clip) == pytest.approx(1.0)
+    # two flat images: only the luminance term is left, (2·μx·μy + c1) / (μx² + μy² + c1)
+    flat_a, flat_b = np.full((1, 8, 8, 1), 100, np.uint8), np.full((1, 8, 8, 1), 120, np.uint8)
+    c1 = (0.01 * 255) ** 2
+    assert ssim(flat_a, flat_b) == pytest.approx((2 * 100 * 120 + c1) / (100 ** 2 + 120 ** 2 + c1))
+    noisy = np.clip(clip + rng.normal(0, 40, clip.shape), 0, 255).astype(np.uint8)
+    assert 0 < ssim(noisy, clip) < 0.9
+    with pytest.raises(ValueError, match="differ in shape"):
+        ssim(clip, clip[:1])
+
+
+def test_saturation_by_hand():
+    pixels = np.array([[[[255, 0, 0], [128, 128, 128], [0, 0, 0], [200, 100, 100]]]], np.uint8)
+    assert saturation(pixels)[0, 0].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.5])
+    stats = saturation_stats(pixels)
+    assert stats["saturation_mean"] == pytest.approx(1.5 / 4)
+    assert stats["oversaturated_fraction"] == pytest.approx(0.25)
