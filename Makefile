@@ -22,6 +22,7 @@ run: $(STAMP)
 	test -d .git || git init --quiet
 	test -d .dvc || dvc init --quiet
 	dvc repro
+	dcm promote
 	dcm status
 
 test: $(STAMP)

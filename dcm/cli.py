@@ -83,6 +83,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_register(args) -> int:
+    from flows.register import register_flow
+    record = register_flow(args.params, args.overrides)
+    print(f"registered {record['name']} version {record['version']} as challenger ({record['model_uri']})")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from flows.register import promote_flow
+    result = promote_flow(args.params, args.overrides, rollback_to=args.rollback)
+    if args.rollback is not None:
+        print(f"{result['name']}: champion rolled back to version {args.rollback} (was {result['previous']})")
+        return 0
+    verdict = "promoted to champion" if result["promoted"] else "not promoted"
+    print(f"{result['name']} version {result['challenger']}: {verdict}; champion is version {result['champion']}")
+    for reason in result["reasons"]:
+        print(f"  {reason}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from dcm.generate import generate_to_file
     cfg = load_config(args.params, args.overrides)
@@ -124,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="teacher vs DCM vs baselines: judge, fidelity, latency, report")
     _add_config_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    register = commands.add_parser("register", help="register the evaluated DCM student as the challenger")
+    _add_config_args(register)
+    register.set_defaults(func=cmd_register)
+
+    promote = commands.add_parser("promote", help="move the champion alias if the challenger passes the gate")
+    promote.add_argument("--rollback", type=int, metavar="VERSION", help="point champion at this version instead")
+    _add_config_args(promote)
+    promote.set_defaults(func=cmd_promote)
 
     generate = commands.add_parser("generate", help="generate one clip from a prompt and write an mp4")
     generate.add_argument("prompt")

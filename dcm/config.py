@@ -293,6 +293,24 @@ class EvaluateConfig(Strict):
     grid_prompts: int = Field(ge=1)  # rows of the sample grid
 
 
+class GateMetric(Strict):
+    metric: str  # a key of the evaluation metrics, e.g. dcm_4.judge_overall
+    higher_is_better: bool
+    tolerance: float = Field(ge=0)  # how much worse than the champion the challenger may be
+
+
+class RegistryConfig(Strict):
+    """MLflow registry: every evaluated student becomes a version aliased `challenger`; `champion` moves
+    only when the challenger passes the gate against the current champion."""
+
+    model_prefix: str  # registered model name: <prefix>-<family>
+    out: str  # the register stage's record (name, version, run) for DVC
+    primary: GateMetric
+    guards: list[GateMetric]
+    speedup_metric: str
+    min_speedup: float = Field(ge=0)
+
+
 class TrackingConfig(Strict):
     uri: str  # MLFLOW_TRACKING_URI in the environment wins, as MLflow users expect
     artifacts: str
@@ -311,6 +329,7 @@ class DCMConfig(Strict):
     precompute: PrecomputeConfig
     distill: DistillConfig
     evaluate: EvaluateConfig
+    registry: RegistryConfig
     tracking: TrackingConfig
 
     @model_validator(mode="after")

@@ -15,10 +15,13 @@ from typing import Iterator
 from dcm.config import TrackingConfig, flatten
 
 MLFLOW_PARAM_CHARS = 6000  # MLflow refuses longer param values
+# The user's MLFLOW_TRACKING_URI as the process started: mlflow.set_tracking_uri() writes that variable
+# itself, so reading it later would return whatever this process set last, not what the user chose.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    return USER_TRACKING_URI or cfg.uri
 
 
 def git_state(root: Path) -> dict[str, str]:

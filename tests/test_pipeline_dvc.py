@@ -17,7 +17,7 @@ from dcm.config import parse_override
 from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
 
 BIN = Path(sys.executable).parent
-STAGES = ("shard", "teacher", "precompute", "distill_semantic", "distill_detail", "evaluate")
+STAGES = ("shard", "teacher", "precompute", "distill_semantic", "distill_detail", "evaluate", "register")
 SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16"]
 
 
@@ -70,7 +70,8 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert manifest["splits"]["train"]["samples"] == 40
     assert read_json(project / "data" / "latents" / "manifest.json")["splits"]["train"]["samples"] == 40
     assert (project / "data" / "teacher" / "model" / "model_index.json").is_file()
-    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 1, 1, 1, 1]
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 1, 1, 1, 1, 1]
+    assert read_json(project / "data" / "registry" / "challenger.json")["version"] == 1
     assert (project / "data" / "students" / "dcm" / "detail" / "pytorch_lora_weights.safetensors").is_file()
     evaluation = read_json(project / "data" / "eval" / "metrics.json")
     assert {"teacher_6", "dcm_4", "dcm_8"} <= set(evaluation) and evaluation["dcm_4"]["speedup"] > 0
@@ -78,7 +79,7 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
 
     again = dvc(project, "repro")
     assert again.returncode == 0 and "up to date" in again.stdout
-    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 1, 1, 1, 1]  # nothing re-ran
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 1, 1, 1, 1, 1]  # nothing re-ran
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["precompute"]["wait_for_ranks_s"] = 60  # a param only precompute reads (the profile leaves it)
@@ -87,20 +88,20 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert "Stage 'teacher' didn't change" in changed.stdout
     # precompute re-ran, wrote the same bytes, so the distill stages' inputs did not change
-    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 1, 1]
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 1, 1, 1]
 
     params["distill"]["detail"]["weight_decay"] = 0.002  # a param only distill_detail reads
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(project, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 2, 2]
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 2, 2, 2]
 
     params["profiles"]["tiny"]["data.shapes.val_samples"] = 6  # a data param: everything downstream re-runs
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(project, "repro")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert read_json(project / "data" / "shards" / "manifest.json")["splits"]["val"]["samples"] == 6
-    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 3, 3]
+    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 3, 3, 3]
 
 
 def test_unknown_param_key_fails_with_one_line_naming_it(project):

@@ -1,0 +1,90 @@
+"""Registry: the champion gate as a pure function, and register → promote → reject → rollback against a
+real MLflow registry (SQLite), plus the champion loaded as a pyfunc in a fresh process."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dcm.config import load_config
+from dcm.eval.evaluate import run_evaluate_stage
+from dcm.registry import CHAMPION, decide, model_name, promote, register_challenger, rollback
+from dcm.tracking import stage_run
+from dcm.train.distill import run_distill_stage
+from tests.conftest import REPO
+
+GATE = load_config(REPO / "params.yaml").registry
+
+
+def metrics(judge: float, ssim: float = 0.5, oversaturated: float = 0.1, speedup: float = 10.0) -> dict:
+    return {"dcm_4.judge_overall": judge, "dcm_4.ssim_vs_teacher": ssim,
+            "dcm_4.oversaturated_fraction": oversaturated, "dcm_4.speedup": speedup}
+
+
+def test_gate_by_hand():
+    assert decide(GATE, metrics(0.5), None).promote  # the first passing version
+    assert not decide(GATE, metrics(0.5, speedup=1.5), None).promote  # too slow, even as the first
+    assert decide(GATE, metrics(0.79), metrics(0.80)).promote  # within the 0.02 tolerance
+    rejected = decide(GATE, metrics(0.70), metrics(0.80))
+    assert not rejected.promote and any("judge_overall: 0.7 fails" in r for r in rejected.reasons)
+    assert not decide(GATE, metrics(0.9, ssim=0.3), metrics(0.8, ssim=0.5)).promote  # guard: fidelity dropped
+    assert not decide(GATE, metrics(0.9, oversaturated=0.3), metrics(0.8)).promote  # guard: over-saturation
+    assert decide(GATE, metrics(0.9, oversaturated=0.12), metrics(0.8)).promote
+
+
+@pytest.fixture
+def evaluated(config):
+    cfg = config("evaluate.prompts=2", "evaluate.latency_repeats=1", "evaluate.student_steps=[4]")
+    run_distill_stage(cfg, "semantic")
+    run_distill_stage(cfg, "detail")
+    run_evaluate_stage(cfg)
+    return cfg
+
+
+def register(cfg, judge: float) -> int:
+    with stage_run(cfg.tracking, "register", {}):
+        return register_challenger(cfg, Path(cfg.distill.out_dir) / "dcm", {"dcm_4": {
+            "judge_overall": judge, "ssim_vs_teacher": 0.5, "oversaturated_fraction": 0.1, "speedup": 10.0}},
+            {"git_commit": "test"})["version"]
+
+
+def test_worse_challenger_keeps_the_champion_better_one_moves_it_and_rollback_works(evaluated):
+    import mlflow
+    cfg = evaluated
+    name = model_name(cfg)
+    assert register(cfg, 0.6) == 1 and promote(cfg)["champion"] == 1  # the first version becomes champion
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    assert register(cfg, 0.3) == 2
+    worse = promote(cfg)
+    assert not worse["promoted"] and worse["champion"] == 1
+    assert client.get_model_version(name, "2").tags["dcm.promotion.decision"] == "rejected"
+    assert register(cfg, 0.8) == 3
+    assert promote(cfg)["promoted"] and int(client.get_model_version_by_alias(name, CHAMPION).version) == 3
+    assert client.get_model_version(name, "3").tags["metric.dcm_4.judge_overall"] == "0.8"
+    rollback(cfg, 1)
+    assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 1
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
+
+
+def test_champion_generates_a_clip_in_a_fresh_process(evaluated, tmp_path):
+    cfg = evaluated
+    register(cfg, 0.6)
+    promote(cfg)
+    code = ("import base64, json, mlflow, pandas as pd\n"
+            f"model = mlflow.pyfunc.load_model('models:/{model_name(cfg)}@champion')\n"
+            "out = model.predict(pd.DataFrame([{'prompt': 'a red circle moving left', 'seed': 3, 'steps': 2}]))\n"
+            "print(json.dumps(out.iloc[0].to_dict()))\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(base64.b64decode(row["video_mp4_base64"]))
+    import av
+    with av.open(str(clip)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == row["frames"] == 4 and frames[0].shape == (16, 16, 3) and row["steps"] == 2
