@@ -91,6 +91,11 @@ def _alias(client, name: str, alias: str):
         return None
 
 
+def alias_version(cfg: DCMConfig, alias: str) -> int | None:
+    version = _alias(_client(cfg), model_name(cfg), alias)
+    return int(version.version) if version is not None else None
+
+
 def signature():
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, Schema

@@ -50,6 +50,15 @@ def _student_line(metrics: dict) -> str:
     return f"{metrics['steps']} training steps{score}"
 
 
+def _registry_line(cfg: DCMConfig) -> str:
+    from dcm.registry import CHALLENGER, CHAMPION, alias_version, model_name
+    name = model_name(cfg)
+    versions = {alias: alias_version(cfg, alias) for alias in (CHAMPION, CHALLENGER)}
+    if not any(versions.values()):
+        return f"{name}: no registered version yet"
+    return f"{name}: " + ", ".join(f"{alias} version {v}" for alias, v in versions.items() if v)
+
+
 def describe(cfg: DCMConfig) -> str:
     students = [(name, cfg.distill.out_dir, f"{name}.json", _student_line) for name in ("semantic", "dcm", "lcm", "pcm")
                 if name in ("semantic", "dcm") or name in cfg.distill.baselines]
@@ -61,6 +70,7 @@ def describe(cfg: DCMConfig) -> str:
         path = Path(folder) / manifest_name
         summary = summarise(read_json(path)) if path.is_file() else f"not run yet ({path} missing)"
         lines.append(f"{name:<9} {folder}: {summary}")
+    lines.append(f"registry  {_registry_line(cfg)}")
     runs = _latest_runs(cfg)
     uri = tracking_uri(cfg.tracking)
     lines.append(f"MLflow    {uri} (browse: mlflow ui --backend-store-uri {uri})")
