@@ -88,3 +88,65 @@ def test_champion_generates_a_clip_in_a_fresh_process(evaluated, tmp_path):
     with av.open(str(clip)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == row["frames"] == 4 and frames[0].shape == (16, 16, 3) and row["steps"] == 2
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_mlflow_models_serve_answers_with_a_video_and_refuses_bad_payloads(evaluated, tmp_path):
+    import time
+    import urllib.request
+    cfg = evaluated
+    register(cfg, 0.6)
+    promote(cfg)
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)  # the server execs `uvicorn` from the environment's PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.tracking.uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                               f"models:/{model_name(cfg)}@champion", "--env-manager", "local", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not come up in 180 s"
+            time.sleep(1)
+        status, body = post(f"{base}/invocations", {"dataframe_records": [
+            {"prompt": "a blue square moving up over white", "seed": 1, "steps": 4}]})
+        assert status == 200, body
+        clip = tmp_path / "served.mp4"
+        clip.write_bytes(base64.b64decode(body["predictions"][0]["video_mp4_base64"]))
+        import av
+        with av.open(str(clip)) as container:
+            assert len([f for f in container.decode(video=0)]) == 4
+
+        status, body = post(f"{base}/invocations", {"dataframe_records": [{"prompt": "a red circle", "steps": 99}]})
+        assert 400 <= status < 500 and "'steps' must be between 1 and 50" in json.dumps(body)
+        status, body = post(f"{base}/invocations", {"dataframe_records": [{"seed": 1}]})
+        assert 400 <= status < 500 and "prompt" in json.dumps(body)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
