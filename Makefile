@@ -21,8 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	test -d .git || git init --quiet
 	test -d .dvc || dvc init --quiet
-	dvc repro
-	dcm promote
+	dcm pipeline
 	dcm status
 
 test: $(STAMP)

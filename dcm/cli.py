@@ -103,6 +103,20 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from flows.pipeline import pipeline_flow
+    result = pipeline_flow(args.params, promote=not args.no_promote)
+    promotion = result["promotion"]
+    if promotion is not None:
+        verdict = "promoted to champion" if promotion["promoted"] else "not promoted"
+        print(f"{promotion['name']} version {promotion['challenger']}: {verdict}; champion is version "
+              f"{promotion['champion']}")
+        for reason in promotion["reasons"]:
+            print(f"  {reason}")
+    print(f"pipeline: MLflow parent run {result['run_id']}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from dcm.generate import generate_to_file
     cfg = load_config(args.params, args.overrides)
@@ -153,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--rollback", type=int, metavar="VERSION", help="point champion at this version instead")
     _add_config_args(promote)
     promote.set_defaults(func=cmd_promote)
+
+    pipeline = commands.add_parser("pipeline", help="dvc repro, then promotion, under one parent MLflow run")
+    pipeline.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file; its folder is the project")
+    pipeline.add_argument("--no-promote", action="store_true", help="stop after dvc repro")
+    pipeline.set_defaults(func=cmd_pipeline, overrides=[])
 
     generate = commands.add_parser("generate", help="generate one clip from a prompt and write an mp4")
     generate.add_argument("prompt")

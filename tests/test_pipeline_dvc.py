@@ -50,12 +50,22 @@ def project(tmp_path):
     return root
 
 
-def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+def run_in(root: Path, tool: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     for key in ("PREFECT_HOME", "VBENCH_CACHE_DIR"):
         env.pop(key, None)  # the copy gets its own project-local homes, as a fresh clone would
-    return subprocess.run([str(BIN / "dvc"), *args], cwd=root, env=env, capture_output=True, text=True)
+    return subprocess.run([str(BIN / tool), *args], cwd=root, env=env, capture_output=True, text=True)
+
+
+def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_in(root, "dvc", *args)
+
+
+def parents(root: Path) -> set[str]:
+    """The parent run of every stage run (mlflow.parentRunId tags)."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return {row[0] for row in db.execute("select value from tags where key = 'mlflow.parentRunId'")}
 
 
 def stage_runs(root: Path, stage: str) -> int:
@@ -64,8 +74,10 @@ def stage_runs(root: Path, stage: str) -> int:
 
 
 def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
-    first = dvc(project, "repro")
+    first = run_in(project, "dcm", "pipeline")  # dvc repro + promotion under one parent run
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "dcm-toy version 1: promoted to champion" in first.stdout
+    assert [stage_runs(project, "pipeline")] == [1] and len(parents(project)) == 1  # every stage nested under it
     manifest = read_json(project / "data" / "shards" / "manifest.json")
     assert manifest["splits"]["train"]["samples"] == 40
     assert read_json(project / "data" / "latents" / "manifest.json")["splits"]["train"]["samples"] == 40
