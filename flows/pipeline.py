@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
 from dcm.config import DEFAULT_PARAMS, load_config
 from dcm.errors import StageError
@@ -26,7 +26,6 @@ def dvc_command() -> str:
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(params: str = str(DEFAULT_PARAMS), promote: bool = True) -> dict:
-    logger = get_run_logger()
     params_path = Path(params).resolve()
     root = params_path.parent
     cfg = load_config(params_path)
@@ -38,7 +37,7 @@ def pipeline_flow(params: str = str(DEFAULT_PARAMS), promote: bool = True) -> di
                               stderr=subprocess.STDOUT, text=True) as process:
             for line in process.stdout:
                 lines.append(line.rstrip())
-                logger.info("%s", line.rstrip())
+                print(line.rstrip(), flush=True)  # the terminal sees dvc's progress; log_prints keeps it in Prefect
         if process.returncode:
             raise StageError("dvc repro failed:\n" + "\n".join(lines[-TAIL_LINES:]))
         promotion = promote_flow(str(params_path)) if promote else None

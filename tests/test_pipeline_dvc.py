@@ -1,5 +1,7 @@
 """Integration: the shard flow through Prefect (ephemeral API) and `dvc repro` in a copy of the repo."""
 
+import csv
+import io
 import os
 import shutil
 import sqlite3
@@ -18,7 +20,8 @@ from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
 
 BIN = Path(sys.executable).parent
 STAGES = ("shard", "teacher", "precompute", "distill_semantic", "distill_detail", "evaluate", "register")
-SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16"]
+SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16",
+         "registry.min_speedup=1.0"]  # a 6-step tiny teacher: 4 student steps cannot promise 2×
 
 
 def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
@@ -114,6 +117,20 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert read_json(project / "data" / "shards" / "manifest.json")["splits"]["val"]["samples"] == 6
     assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 3, 3, 3]
+
+    # A DVC experiment: one param changed, its metrics listed beside the workspace's by `dvc exp show`.
+    git = ["git", "-c", "user.name=dcm-test", "-c", "user.email=dcm-test@example.invalid"]
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=project, check=True)
+    experiment = dvc(project, "exp", "run", "--name", "wd-004", "-S", "distill.detail.weight_decay=0.004")
+    assert experiment.returncode == 0, experiment.stdout + experiment.stderr
+    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 4, 4, 4]  # only the detail stage onwards
+    shown = dvc(project, "exp", "show", "--csv")
+    assert shown.returncode == 0, shown.stderr
+    rows = list(csv.DictReader(io.StringIO(shown.stdout)))
+    named = [row for row in rows if row.get("Experiment") == "wd-004"]
+    assert named and named[0]["distill.detail.weight_decay"] == "0.004"
+    assert named[0]["dcm_4.judge_overall"] not in ("", "-")  # the experiment's evaluation metrics
 
 
 def test_unknown_param_key_fails_with_one_line_naming_it(project):
