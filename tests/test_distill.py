@@ -166,3 +166,12 @@ def test_generate_writes_a_playable_mp4_at_any_step_count(config, prepared, tmp_
     with av.open(str(out)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
+
+
+def test_changed_settings_train_anew_while_more_steps_resume(config):
+    first = run_distill_stage(config(), "semantic")
+    changed = run_distill_stage(config("distill.semantic.lr=0.0001"), "semantic")
+    assert changed["resumed_from"] == 0 and changed["losses"] != first["losses"]  # not the old checkpoint
+    assert list((Path(config().distill.checkpoint_dir) / "semantic").glob("superseded-*/step-*"))
+    longer = run_distill_stage(config("distill.semantic.lr=0.0001", "distill.semantic.steps=6"), "semantic")
+    assert longer["resumed_from"] == 4 and longer["losses"][:4] == changed["losses"]

@@ -87,6 +87,21 @@ def save_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module 
     return final
 
 
+def read_state(path: Path) -> dict:
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def supersede(folder: Path, tag: str) -> Path:
+    """Move every checkpoint of `folder` into `folder/superseded-<tag>/` (kept, no longer resumed)."""
+    target = folder / f"superseded-{tag}"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(folder.glob(f"{PREFIX}*")):
+        if (target / path.name).exists():
+            shutil.rmtree(target / path.name)
+        os.replace(path, target / path.name)
+    return target
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint (temporary folders of a killed save are ignored)."""
     done = sorted(p for p in folder.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []

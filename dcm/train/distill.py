@@ -23,7 +23,8 @@ from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError
 from dcm.eval.judge import judge_many
 from dcm.eval.prompts import heldout_prompts
-from dcm.io import read_json, write_json_atomic
+from dcm.io import read_json, sha256_file, write_json_atomic
+from dcm.models.family import folder_hash
 from dcm.models.dual_expert import Student
 from dcm.pipeline import DCMPipeline
 from dcm.precompute import EMPTY_PROMPT
@@ -31,7 +32,7 @@ from dcm.precompute import MANIFEST as PRECOMPUTE_MANIFEST
 from dcm.sampling import seeded_noise
 from dcm.schedule import expert_threshold, segment_edges
 from dcm.train.consistency import ConsistencyDistillation
-from dcm.train.loop import resolve_device, train
+from dcm.train.loop import resolve_device, train, training_fingerprint
 from dcm.train.teacher import load_teacher, teacher_content_hash
 
 OUTPUT_NAMES = {"semantic": "semantic", "detail": "dcm", "lcm": "lcm", "pcm": "pcm"}
@@ -68,6 +69,21 @@ def build_student(cfg: DCMConfig, method: str, teacher, device: torch.device) ->
                               expert_threshold(cfg.schedule, distill.kappa))
     student.train_only("detail")
     return student.to(device)
+
+
+OUTPUT_ONLY = ("semantic", "detail", "baseline", "baselines", "sample_every", "sample_prompts", "sample_steps",
+               "out_dir", "checkpoint_dir")  # distill keys that do not shape this method's training
+
+
+def distill_fingerprint(cfg: DCMConfig, method: str, train_cfg: TrainConfig) -> str:
+    """Checkpoints resume only under the same method settings, teacher, latents (and semantic expert)."""
+    distill = {k: v for k, v in config_to_dict(cfg.distill).items() if k not in OUTPUT_ONLY}
+    inputs = {"method": method, "distill": distill, "schedule": config_to_dict(cfg.schedule), "seed": cfg.seed,
+              "teacher": teacher_content_hash(cfg),
+              "latents": sha256_file(Path(cfg.precompute.dir) / PRECOMPUTE_MANIFEST)}
+    if method == "detail":
+        inputs["semantic"] = folder_hash(output_folder(cfg, OUTPUT_NAMES["semantic"]) / "transformer")
+    return training_fingerprint(train_cfg, **inputs)
 
 
 def pipeline_info(cfg: DCMConfig, method: str, teacher, student: Student, steps: int) -> dict:
@@ -140,7 +156,8 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
             on_samples(step, clips, prompts)
 
     result = train(objective, stream, train_cfg, Path(distill.checkpoint_dir) / method, cfg.seed, on_log=log,
-                   stop_after=stop_after, time_limit_s=train_cfg.time_limit_s)
+                   stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
+                   fingerprint=distill_fingerprint(cfg, method, train_cfg))
     if result.stopped_early:
         raise StageError(f"{method} distillation stopped at step {result.steps} of {train_cfg.steps} (time limit or "
                          f"stop request); its checkpoint is in {Path(distill.checkpoint_dir) / method}: run the stage "

@@ -22,7 +22,8 @@ from torch import nn
 
 from dcm.config import TrainConfig
 from dcm.errors import StageError
-from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dcm.io import sha256_json
+from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint, supersede
 from dcm.train.prefetch import Prefetcher, prefetch_kind
 
 
@@ -51,6 +52,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+# Train settings that may change between a run and its resumption: how long, how often, where.
+RUN_ONLY = ("steps", "time_limit_s", "checkpoint_every", "keep_checkpoints", "log_every", "device", "prefetch",
+            "prefetch_batches", "compile")
+
+
+def training_fingerprint(cfg: TrainConfig, **inputs) -> str:
+    """What a checkpoint must match to be resumed: the train settings that shape the result, plus the
+    stage's own inputs (model settings, data identity, upstream hashes)."""
+    return sha256_json({"train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in RUN_ONLY},
+                        **inputs})
 
 
 def lr_factor(step: int, warmup: int) -> float:
@@ -87,7 +100,7 @@ def device_generator(generator: torch.Generator, device: torch.device) -> torch.
 
 def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path, seed: int,
           on_log: Callable[[int, dict], None] | None = None, stop_after: int | None = None,
-          time_limit_s: float | None = None) -> TrainResult:
+          time_limit_s: float | None = None, fingerprint: str = "") -> TrainResult:
     """Train to cfg.steps (resuming from the newest checkpoint); stop early after `stop_after` steps of
     this call or `time_limit_s` seconds, checkpointing first so that the next call continues."""
     device = next(method.module.parameters()).device
@@ -105,6 +118,11 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     after_step = getattr(method, "after_step", None)
     result = TrainResult(steps=0)
     latest = latest_checkpoint(checkpoint_dir)
+    if latest is not None and read_state(latest).get("fingerprint") != fingerprint:
+        # Trained under other settings or data: continuing would silently ignore the change.
+        moved = supersede(checkpoint_dir, str(read_state(latest).get("fingerprint", "unknown"))[:12])
+        print(f"checkpoints in {checkpoint_dir} were trained with other settings; moved to {moved}, starting anew")
+        latest = None
     if latest is not None:
         state = load_checkpoint(latest, modules, optimizers, generator)
         scheduler.load_state_dict(state["scheduler"])
@@ -116,7 +134,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     def checkpoint() -> None:
         save_checkpoint(checkpoint_dir, result.steps, modules, optimizers, generator,
                         {"stream": batches.consumed_state, "losses": result.losses,
-                         "scheduler": scheduler.state_dict()}, cfg.keep_checkpoints)
+                         "scheduler": scheduler.state_dict(), "fingerprint": fingerprint}, cfg.keep_checkpoints)
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
     batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches, prefetch_kind(cfg.prefetch, device.type))

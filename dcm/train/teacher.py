@@ -15,19 +15,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dcm.config import DCMConfig
+from dcm.config import DCMConfig, config_to_dict
+from dcm.data.sharding import MANIFEST as SHARD_MANIFEST
 from dcm.data.stream import SampleStream
 from dcm.data.tensors import clips_to_video, video_to_clips
 from dcm.errors import StageError
 from dcm.eval.judge import judge_many
 from dcm.eval.prompts import heldout_prompts
-from dcm.io import read_json, write_json_atomic
+from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash, validate_folder
 from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
 from dcm.schedule import add_noise, sample_training_sigmas, sampling_sigmas
-from dcm.train.loop import device_generator, resolve_device, train
+from dcm.train.loop import device_generator, resolve_device, train, training_fingerprint
 
 MANIFEST, METRICS, MODEL = "manifest.json", "metrics.json", "model"
 
@@ -101,8 +102,13 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     teacher = ToyFamily.build(cfg, cfg.seed)
     teacher.transformer.to(device)
     stream = SampleStream(cfg.shard.dir, "train", train_cfg.shuffle_buffer, cfg.seed)
+    toy = {k: v for k, v in config_to_dict(cfg.teacher.toy).items() if k != "train"}
+    fingerprint = training_fingerprint(train_cfg, toy=toy, schedule=config_to_dict(cfg.schedule), seed=cfg.seed,
+                                       negative_prompt=cfg.teacher.negative_prompt,
+                                       shards=sha256_file(Path(cfg.shard.dir) / SHARD_MANIFEST))
     result = train(FlowMatchingPretraining(teacher, cfg), stream, train_cfg, Path(cfg.teacher.checkpoint_dir),
-                   cfg.seed, on_log=on_log, stop_after=stop_after, time_limit_s=train_cfg.time_limit_s)
+                   cfg.seed, on_log=on_log, stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
+                   fingerprint=fingerprint)
     if result.stopped_early:
         raise StageError(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
                          f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to continue")
