@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from dcm.config import DCMConfig
 from dcm.data.tensors import video_to_clips
 from dcm.data.video_io import write_video
-from dcm.sampling import generate, seeded_noise
+from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.train.loop import resolve_device
 
@@ -40,11 +38,8 @@ def generate_to_file(cfg: DCMConfig, model: str, prompt: str, steps: int | None,
         if guidance is not None:
             raise ValueError("--guidance applies to the teacher only: distilled students have their guidance built in")
         pipe = DCMPipeline.from_pretrained(student_folder(cfg, model), device)
-        shape = pipe.family.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
-        frames = pipe(prompt, num_inference_steps=steps or cfg.distill.sample_steps, num_frames=cfg.data.frames,
-                      height=cfg.data.height, width=cfg.data.width, latents=seeded_noise([seed], shape, torch.device("cpu")),
-                      output_type="pt").frames
-        video = frames.permute(0, 4, 1, 2, 3) * 2 - 1
+        video = pipe.videos([prompt], [seed], steps or cfg.distill.sample_steps, cfg.data.frames, cfg.data.height,
+                            cfg.data.width, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, video_to_clips(video)[0], sampling.fps, options={"crf": str(sampling.mp4_crf)})
     return out

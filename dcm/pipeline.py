@@ -128,6 +128,22 @@ class DCMPipeline:
         raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
 
 
+    @torch.no_grad()
+    def videos(self, prompts: list[str], seeds: list[int], steps: int, frames: int, height: int, width: int,
+               batch_size: int) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1], each prompt from its own seeded noise (`sampling.seeded_noise`), so a
+        student starts from the same noise as the teacher's reference sampler for the same prompt."""
+        from dcm.sampling import seeded_noise
+        shape = self.family.latent_shape(frames, height, width)
+        parts = []
+        for start in range(0, len(prompts), batch_size):
+            noise = seeded_noise(seeds[start:start + batch_size], shape, torch.device("cpu"))
+            out = self(prompts[start:start + batch_size], num_inference_steps=steps, num_frames=frames, height=height,
+                       width=width, latents=noise, output_type="pt").frames
+            parts.append(out.permute(0, 4, 1, 2, 3) * 2 - 1)
+        return torch.cat(parts)
+
+
 def load_detail_adapter(student: Student, folder: Path, detail_modules: tuple[str, ...], threshold: float,
                         detail_weights: str, device) -> None:
     transformer = student.transformer

@@ -24,7 +24,7 @@ from dcm.eval.judge import judge_many
 from dcm.eval.prompts import heldout_prompts
 from dcm.eval.report import write_report
 from dcm.io import write_json_atomic
-from dcm.sampling import generate, seeded_noise
+from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.train.loop import resolve_device
 
@@ -62,7 +62,6 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
     prompts = heldout_prompts(cfg.shard.dir, ev.prompts)
     captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
     teacher = load_teacher(cfg, device)
-    shape = teacher.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
 
     def teacher_clips() -> torch.Tensor:
         return generate(teacher, captions, seeds, cfg.data.frames, cfg.data.height, cfg.data.width,
@@ -81,13 +80,8 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
         pipe = DCMPipeline.from_pretrained(folder, device, detail_weights="merged")
         for steps in ev.student_steps:
             def student_clips() -> torch.Tensor:
-                parts = []
-                for start in range(0, len(prompts), ev.batch_size):
-                    chunk = slice(start, start + ev.batch_size)
-                    noise = seeded_noise(seeds[chunk], shape, torch.device("cpu"))
-                    frames = pipe(captions[chunk], num_inference_steps=steps, latents=noise, output_type="pt").frames
-                    parts.append(frames.permute(0, 4, 1, 2, 3) * 2 - 1)
-                return torch.cat(parts)
+                return pipe.videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
+                                   ev.batch_size)
 
             video, latency = _timed(student_clips, ev.latency_repeats, len(prompts))
             clips = video_to_clips(video)

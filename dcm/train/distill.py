@@ -29,7 +29,6 @@ from dcm.models.dual_expert import Student
 from dcm.pipeline import DCMPipeline
 from dcm.precompute import EMPTY_PROMPT
 from dcm.precompute import MANIFEST as PRECOMPUTE_MANIFEST
-from dcm.sampling import seeded_noise
 from dcm.schedule import expert_threshold, segment_edges
 from dcm.train.consistency import ConsistencyDistillation
 from dcm.train.loop import resolve_device, train, training_fingerprint
@@ -100,13 +99,12 @@ def pipeline_info(cfg: DCMConfig, method: str, teacher, student: Student, steps:
 def sample_and_judge(cfg: DCMConfig, pipe: DCMPipeline, steps: int) -> tuple[dict, np.ndarray, list[dict]]:
     """The held-out prompts, each from its own seeded noise (the teacher's for the same prompt)."""
     prompts = heldout_prompts(cfg.shard.dir, cfg.distill.sample_prompts)
-    shape = pipe.family.latent_shape(cfg.data.frames, cfg.data.height, cfg.data.width)
-    noise = seeded_noise([p["seed"] for p in prompts], shape, torch.device("cpu"))
     was_training = pipe.student.training
     pipe.student.eval()
-    video = pipe([p["caption"] for p in prompts], num_inference_steps=steps, latents=noise, output_type="pt").frames
+    video = pipe.videos([p["caption"] for p in prompts], [p["seed"] for p in prompts], steps, cfg.data.frames,
+                        cfg.data.height, cfg.data.width, len(prompts))
     pipe.student.train(was_training)
-    clips = video_to_clips(video.permute(0, 4, 1, 2, 3) * 2 - 1)
+    clips = video_to_clips(video)
     scores = judge_many(clips, prompts, cfg.data, cfg.judge) if cfg.data.source == "shapes" else {}
     return scores, clips, prompts
 

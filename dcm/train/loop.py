@@ -118,9 +118,10 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     after_step = getattr(method, "after_step", None)
     result = TrainResult(steps=0)
     latest = latest_checkpoint(checkpoint_dir)
-    if latest is not None and read_state(latest).get("fingerprint") != fingerprint:
+    previous = read_state(latest).get("fingerprint", "unknown") if latest is not None else fingerprint
+    if previous != fingerprint:
         # Trained under other settings or data: continuing would silently ignore the change.
-        moved = supersede(checkpoint_dir, str(read_state(latest).get("fingerprint", "unknown"))[:12])
+        moved = supersede(checkpoint_dir, str(previous)[:12])
         print(f"checkpoints in {checkpoint_dir} were trained with other settings; moved to {moved}, starting anew")
         latest = None
     if latest is not None:
