@@ -281,16 +281,41 @@ class DistillConfig(Strict):
     baselines: list[Literal["lcm", "pcm"]]  # trained by the distill_baselines stage
 
 
+class VBenchConfig(Strict):
+    """The real vbench package in custom_input mode; weights come from VBENCH_CACHE_DIR (never downloaded)."""
+
+    dimensions: list[str]  # temporal_flickering needs no weights; see dcm/eval/vbench_weights.py for the rest
+    min_side: int = Field(ge=1)  # clips are upscaled (nearest) until the shorter side reaches this
+
+    @model_validator(mode="after")
+    def _check(self) -> VBenchConfig:
+        from dcm.eval.vbench_weights import REQUIRED
+        unknown = [d for d in self.dimensions if d not in REQUIRED]
+        if unknown:
+            raise ValueError(f"vbench dimensions {unknown} are not available in custom_input mode; "
+                             f"choose from {sorted(REQUIRED)}")
+        return self
+
+
 class EvaluateConfig(Strict):
     """Stage `evaluate`: teacher vs DCM vs baselines on the same prompts, seeds and initial noise."""
 
     out_dir: str
-    prompts: int = Field(ge=1)  # held-out prompts (shapes: val clips with unseen colour+shape pairs first)
+    prompt_source: Literal["heldout", "file", "vbench"]  # heldout: val shards (the judge needs them)
+    prompt_file: str | None = None  # prompt_source: file — one prompt per line
+    prompts: int = Field(ge=1)  # how many prompts (heldout: unseen colour+shape pairs first)
     student_steps: list[int] = Field(min_length=1)  # step counts every student is evaluated at
     batch_size: int = Field(ge=1)
     latency_repeats: int = Field(ge=1)  # timed generations per model; the median is reported
     device: str
     grid_prompts: int = Field(ge=1)  # rows of the sample grid
+    vbench: VBenchConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if self.prompt_source == "file" and not self.prompt_file:
+            raise ValueError("evaluate.prompt_source is 'file' but evaluate.prompt_file is not set")
+        return self
 
 
 class GateMetric(Strict):

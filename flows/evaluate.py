@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from dcm.config import DEFAULT_PARAMS, config_to_dict, load_config
 from dcm.eval.evaluate import run_evaluate_stage
+from dcm.registry import flatten_metrics
 from dcm.tracking import stage_run
 
 
@@ -17,8 +18,7 @@ def evaluate_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None
     logged = {"evaluate": config_to_dict(cfg.evaluate), "sampling": config_to_dict(cfg.teacher.sampling)}
     with stage_run(cfg.tracking, "evaluate", logged, system_metrics=True) as run:
         result = run_evaluate_stage(cfg, on_result=lambda name, row: logger.info("%s: %s", name, row))
-        run.log_metrics({f"{model}.{key}": value for model, entry in result["metrics"].items()
-                         if isinstance(entry, dict) for key, value in entry.items()})
+        run.log_metrics(flatten_metrics(result["metrics"]))
         for path in result["files"].values():
             run.log_artifact(path, "evaluation")
         create_markdown_artifact(result["files"]["report"].read_text(), key="evaluation-report")

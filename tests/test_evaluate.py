@@ -2,10 +2,16 @@
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 
+from dcm.config import ConfigError
 from dcm.errors import StageError
 from dcm.eval.evaluate import run_evaluate_stage
+from dcm.eval.prompts import evaluation_prompts
+from dcm.eval.vbench_scores import upscale
+from dcm.eval.vbench_weights import write_stand_ins
 from dcm.train.distill import run_distill_stage
 
 
@@ -32,3 +38,73 @@ def test_evaluation_compares_teacher_dcm_and_baselines(config):
 def test_evaluation_needs_the_dcm_student(config):
     with pytest.raises(StageError, match="run the distill stages first"):
         run_evaluate_stage(config())
+
+
+def test_vbench_scores_land_in_metrics(config, tmp_path, monkeypatch):
+    """The real vbench API: temporal_flickering computed for real, motion_smoothness and dynamic_degree on
+    random stand-in weights at vbench's own paths (labelled meaningless)."""
+    import vbench.utils
+    monkeypatch.setattr(vbench.utils, "CACHE_DIR", str(tmp_path / "vbench-cache"))
+    written = write_stand_ins(tmp_path / "vbench-cache")
+    assert [p.name for p in written] == ["amt-s.pth", "raft-things.pth"]
+    dims = ["temporal_flickering", "motion_smoothness", "dynamic_degree"]
+    cfg = config("evaluate.prompts=2", "evaluate.latency_repeats=1", "evaluate.student_steps=[4]",
+                 "evaluate.grid_prompts=1", f"evaluate.vbench.dimensions={json.dumps(dims)}")
+    run_distill_stage(cfg, "semantic")
+    run_distill_stage(cfg, "detail")
+    result = run_evaluate_stage(cfg)
+    metrics = json.loads((result["files"]["report"].parent / "metrics.json").read_text())
+    for row in ("teacher_6", "dcm_4"):
+        for dim in dims:
+            assert 0 <= metrics[row][f"vbench_{dim}"] <= 1, (row, dim)
+    assert metrics["vbench"]["meaningless_stand_in_weights"] == ["motion_smoothness", "dynamic_degree"]
+    assert "vbench_motion_smoothness is meaningless" in result["files"]["report"].read_text()
+    videos = sorted((tmp_path / "eval" / "vbench" / "dcm_4" / "videos").iterdir())
+    assert [v.name for v in videos] == ["0000.mp4", "0001.mp4"]
+    # temporal_flickering is plain arithmetic on the decoded frames: check it against our own decode
+    capture, frames = cv2.VideoCapture(str(videos[0])), []
+    while (frame := capture.read())[0]:
+        frames.append(frame[1].astype(np.float32))
+    expected = np.mean([np.abs(frames[i + 1] - frames[i]).mean() for i in range(len(frames) - 1)])
+    per_video = json.loads((tmp_path / "eval" / "vbench" / "dcm_4" / "dcm_4_eval_results.json").read_text())
+    first = [r for r in per_video["temporal_flickering"][1] if r["video_path"].endswith("0000.mp4")][0]
+    assert len(frames) == cfg.data.frames and first["video_results"] == pytest.approx((255 - expected) / 255)
+
+
+def test_missing_vbench_weights_name_the_file(config, tmp_path, monkeypatch):
+    import vbench.utils
+    monkeypatch.setattr(vbench.utils, "CACHE_DIR", str(tmp_path / "empty"))
+    cfg = config("evaluate.prompts=1", "evaluate.latency_repeats=1", "evaluate.student_steps=[4]",
+                 "evaluate.vbench.dimensions=[dynamic_degree]")
+    with pytest.raises(StageError, match=r"dynamic_degree: .*raft-things.pth.*VBENCH_CACHE_DIR"):
+        run_evaluate_stage(cfg)
+
+
+def test_upscale_reaches_the_minimum_side_by_an_integer_factor():
+    clips = np.arange(2 * 3 * 20 * 30 * 3, dtype=np.uint8).reshape(2, 3, 20, 30, 3)
+    big = upscale(clips, 64)  # ceil(64 / 20) = 4
+    assert big.shape == (2, 3, 80, 120, 3)
+    assert np.array_equal(big[:, :, ::4, ::4], clips) and np.array_equal(big[:, :, 3::4, 3::4], clips)
+    assert upscale(clips, 16) is clips
+
+
+def test_prompt_sources(config, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\n\n  a blue square  \nthird\n")
+    cfg = config("evaluate.prompt_source=file", f"evaluate.prompt_file={prompts}", "evaluate.prompts=2", "seed=7")
+    assert evaluation_prompts(cfg) == [{"caption": "a red circle moving left", "seed": 7},
+                                       {"caption": "a blue square", "seed": 8}]
+    suite = evaluation_prompts(config("evaluate.prompt_source=vbench", "evaluate.prompts=3"))
+    assert [p["caption"] for p in suite] == ["In a still frame, a stop sign", "a toilet, frozen in time",
+                                             "a laptop, frozen in time"]  # VBench's temporal_flickering prompts
+    with pytest.raises(StageError, match="missing.txt not found"):
+        evaluation_prompts(config("evaluate.prompt_source=file", f"evaluate.prompt_file={tmp_path / 'missing.txt'}"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluate.vbench.dimensions=[color]", "not available in custom_input mode"),
+    ("evaluate.prompt_source=file", "prompt_file is not set"),
+])
+def test_bad_evaluation_settings_are_named(config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        config(override)

@@ -1,9 +1,10 @@
 """Stage `evaluate`: the teacher (reference sampler, CFG), the DCM student at each configured step count
 and every baseline present, all from the same prompts, seeds and initial noise, scored by the judge,
-fidelity to the teacher (PSNR/SSIM), saturation, and latency measured in the same run.
+the real vbench package, fidelity to the teacher (PSNR/SSIM), saturation, and latency measured in the
+same run.
 
 Outputs in `evaluate.out_dir`: metrics.json (DVC metrics), quality.csv (DVC plots), report.md, charts
-(PNG) and samples.png (one row per model and prompt).
+(PNG), samples.png (one row per model and prompt) and vbench/ (the clips vbench scored, its logs).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError
 from dcm.eval.fidelity import psnr, saturation_stats, ssim
 from dcm.eval.judge import judge_many
-from dcm.eval.prompts import heldout_prompts
+from dcm.eval.prompts import evaluation_prompts
 from dcm.eval.report import write_report
+from dcm.eval.vbench_scores import vbench_scores
+from dcm.eval.vbench_weights import cache_dir, check_weights, stand_in_dimensions
 from dcm.io import write_json_atomic
 from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
@@ -42,9 +45,13 @@ def _timed(make: Callable[[], torch.Tensor], repeats: int, count: int) -> tuple[
     return out, statistics.median(seconds)
 
 
-def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.ndarray | None) -> dict[str, float]:
-    scores = judge_many(clips, prompts, cfg.data, cfg.judge) if cfg.data.source == "shapes" else {}
+def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.ndarray | None, name: str,
+          device: torch.device) -> dict[str, float]:
+    judged = cfg.data.source == "shapes" and cfg.evaluate.prompt_source == "heldout"  # needs ground truth
+    scores = judge_many(clips, prompts, cfg.data, cfg.judge) if judged else {}
     metrics = {f"judge_{k}": v for k, v in scores.items()} | saturation_stats(clips)
+    metrics |= vbench_scores(clips, [p["caption"] for p in prompts], name, cfg.evaluate.vbench,
+                             Path(cfg.evaluate.out_dir) / "vbench", device.type, cfg.data.fps)
     if reference is not None:
         metrics["psnr_vs_teacher"] = float(np.mean([psnr(c, r) for c, r in zip(clips, reference)]))
         metrics["ssim_vs_teacher"] = float(np.mean([ssim(c, r) for c, r in zip(clips, reference)]))
@@ -56,10 +63,11 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
     from dcm.train.teacher import load_teacher
     ev, sampling = cfg.evaluate, cfg.teacher.sampling
     device = resolve_device(ev.device)
+    check_weights(ev.vbench.dimensions, cache_dir())  # before anything slow runs
     if not (Path(cfg.distill.out_dir) / "dcm").is_dir():
         raise StageError(f"{Path(cfg.distill.out_dir) / 'dcm'} not found: evaluation needs the DCM student; run "
                          "the distill stages first (dvc repro distill_detail)")
-    prompts = heldout_prompts(cfg.shard.dir, ev.prompts)
+    prompts = evaluation_prompts(cfg)
     captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
     teacher = load_teacher(cfg, device)
 
@@ -70,7 +78,8 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
 
     video, teacher_latency = _timed(teacher_clips, ev.latency_repeats, len(prompts))
     reference = video_to_clips(video)
-    rows = [{"model": "teacher", "steps": sampling.steps, **score(cfg, reference, prompts, None),
+    rows = [{"model": "teacher", "steps": sampling.steps,
+             **score(cfg, reference, prompts, None, f"teacher_{sampling.steps}", device),
              "latency_s": teacher_latency, "speedup": 1.0}]
     samples = {f"teacher {sampling.steps}": reference}
     for name in STUDENTS:
@@ -85,7 +94,8 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
 
             video, latency = _timed(student_clips, ev.latency_repeats, len(prompts))
             clips = video_to_clips(video)
-            row = {"model": name, "steps": steps, **score(cfg, clips, prompts, reference), "latency_s": latency,
+            row = {"model": name, "steps": steps, **score(cfg, clips, prompts, reference, f"{name}_{steps}", device),
+                   "latency_s": latency,
                    "speedup": teacher_latency / latency}
             rows.append(row)
             samples[f"{name} {steps}"] = clips
@@ -97,6 +107,10 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
                for row in rows}
     metrics["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
     metrics["prompts"] = len(prompts)
+    # Scores from random stand-in weights (dcm/eval/vbench_weights.py) test the wiring and mean nothing.
+    stand_ins = stand_in_dimensions(ev.vbench.dimensions, cache_dir())
+    metrics["vbench"] = {"dimensions": list(ev.vbench.dimensions), "meaningless_stand_in_weights": stand_ins}
     write_json_atomic(out / METRICS, metrics)
-    files = write_report(rows, samples, captions[: ev.grid_prompts], out, metrics["device"])
+    notes = [f"**vbench_{d} is meaningless here**: computed from random stand-in weights." for d in stand_ins]
+    files = write_report(rows, samples, captions[: ev.grid_prompts], out, metrics["device"], notes)
     return {"metrics": metrics, "rows": rows, "files": files, "prompts": prompts}

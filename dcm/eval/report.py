@@ -16,8 +16,14 @@ GRID_FRAMES = 4  # frames per sample row
 GAP = 2  # pixels between rows
 
 
+def columns(rows: list[dict]) -> list[str]:
+    """The fixed columns some row has, then every vbench dimension scored."""
+    vbench = sorted({key for row in rows for key in row if key.startswith("vbench_")})
+    return [c for c in COLUMNS if any(c in row for row in rows)] + vbench
+
+
 def markdown(rows: list[dict], device: str) -> str:
-    present = [c for c in COLUMNS if any(c in row for row in rows)]
+    present = columns(rows)
     lines = ["# Evaluation: teacher vs DCM vs baselines", "",
              f"Same prompts, seeds and initial noise for every model; latency per clip on {device}, measured in "
              "this run (speedup = teacher latency / model latency).", "",
@@ -29,7 +35,7 @@ def markdown(rows: list[dict], device: str) -> str:
 
 
 def write_table(rows: list[dict], path: Path) -> None:
-    fields = ["model", "steps", *[c for c in COLUMNS if any(c in row for row in rows)]]
+    fields = ["model", "steps", *columns(rows)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fields, extrasaction="ignore")
         writer.writeheader()
@@ -80,11 +86,11 @@ def sample_grid(samples: dict[str, np.ndarray], rows: int) -> np.ndarray:
 
 
 def write_report(rows: list[dict], samples: dict[str, np.ndarray], captions: list[str], out: Path,
-                 device: str) -> dict[str, Path]:
+                 device: str, notes: list[str] = ()) -> dict[str, Path]:
     files = {"report": out / "report.md", "table": out / "quality.csv", "grid": out / "samples.png"}
     order = "; ".join(samples)
     text = markdown(rows, device) + (f"\n`samples.png`: for each of the prompts {captions}, one row per model "
-                                     f"({order}), {GRID_FRAMES} frames each.\n")
+                                     f"({order}), {GRID_FRAMES} frames each.\n") + "".join(f"\n{note}\n" for note in notes)
     with atomic_path(files["report"]) as tmp:
         Path(tmp).write_text(text)
     write_table(rows, files["table"])
