@@ -153,6 +153,7 @@ class TrainConfig(Strict):
     betas: tuple[float, float]
     weight_decay: float = Field(ge=0)
     warmup_steps: int = Field(ge=0)
+    decay: Literal["none", "cosine"]  # after warm-up: constant, or a half cosine down to 0 at `steps`
     grad_clip: float = Field(gt=0)
     ema_decay: float = Field(ge=0, lt=1)
     checkpoint_every: int = Field(ge=1)

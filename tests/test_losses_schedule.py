@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dcm.config import ScheduleConfig
+from dcm.train.loop import lr_factor
 from dcm.losses import (feature_matching, hinge_discriminator, hinge_generator, l2, pseudo_huber,
                         temporal_coherence)
 from dcm.schedule import (END, euler_nodes, euler_step, expert_threshold, inference_sigmas, sampling_sigmas,
@@ -116,3 +117,13 @@ def test_feature_matching_by_hand_and_real_is_detached():
     assert float(loss) == pytest.approx(2.5)
     loss.backward()
     assert real[0].grad is None and fake[0].grad is not None
+
+
+def test_lr_factor_warm_up_then_constant_or_cosine():
+    assert [lr_factor(s, 4, 12, "none") for s in (0, 1, 3, 4, 11, 50)] == [0.25, 0.5, 1.0, 1.0, 1.0, 1.0]
+    # cosine over the 8 steps after warm-up: 0.5 * (1 + cos(pi * (step - 4) / 8))
+    assert lr_factor(4, 4, 12, "cosine") == 1.0
+    assert lr_factor(8, 4, 12, "cosine") == pytest.approx(0.5)
+    assert lr_factor(6, 4, 12, "cosine") == pytest.approx(0.5 * (1 + math.sqrt(0.5)))  # cos(pi/4)
+    assert lr_factor(12, 4, 12, "cosine") == 0.0 and lr_factor(20, 4, 12, "cosine") == 0.0
+    assert lr_factor(0, 0, 10, "cosine") == 1.0  # no warm-up

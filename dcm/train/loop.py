@@ -66,9 +66,14 @@ def training_fingerprint(cfg: TrainConfig, **inputs) -> str:
                         **inputs})
 
 
-def lr_factor(step: int, warmup: int) -> float:
-    """Linear warm-up from 1/warmup to 1, then constant (the EMA does the averaging)."""
-    return min(1.0, (step + 1) / warmup) if warmup else 1.0
+def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
+    """Linear warm-up from 1/warmup to 1, then constant or a half cosine that reaches 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "none":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -107,7 +112,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     trainable = [p for p in method.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.decay))
     ema = copy.deepcopy(method.module).requires_grad_(False) if cfg.ema_decay > 0 else None
     if cfg.compile == "blocks":  # after the EMA copy: the copy stays a plain module
         compile_blocks(method.module)
