@@ -9,7 +9,12 @@ export PATH := $(BIN):$(PATH)
 # Every pip call, including those pip makes for build dependencies, honours the pins.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: run test install clean
+.PHONY: run test install clean server deploy worker
+
+# Scheduled runs (README): a Prefect server on loopback, the deployments of prefect.yaml, a worker.
+PREFECT_PORT ?= 4200
+PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false
+PREFECT_CLIENT := $(PREFECT_ENV) PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
 
 install: $(STAMP)
 
@@ -27,6 +32,17 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+server: $(STAMP)
+	$(PREFECT_ENV) prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: $(STAMP)
+	$(PREFECT_CLIENT) prefect work-pool inspect dcm >/dev/null 2>&1 || \
+		$(PREFECT_CLIENT) prefect work-pool create dcm --type process
+	$(PREFECT_CLIENT) prefect deploy --all
+
+worker: $(STAMP)
+	$(PREFECT_CLIENT) prefect worker start --pool dcm
 
 clean:
 	rm -rf data .prefect mlflow.db mlartifacts .cache

@@ -103,6 +103,15 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_reevaluate(args) -> int:
+    from flows.reevaluate import reevaluate_flow
+    result = reevaluate_flow(args.params, args.overrides)  # a regression raises StageError
+    print(f"{result['name']} version {result['version']} (champion): no regression")
+    for reason in result["reasons"]:
+        print(f"  {reason}")
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     from flows.pipeline import pipeline_flow
     result = pipeline_flow(args.params, promote=not args.no_promote)
@@ -167,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--rollback", type=int, metavar="VERSION", help="point champion at this version instead")
     _add_config_args(promote)
     promote.set_defaults(func=cmd_promote)
+
+    reevaluate = commands.add_parser("reevaluate", help="evaluate the champion again; fail on a regression")
+    _add_config_args(reevaluate)
+    reevaluate.set_defaults(func=cmd_reevaluate)
 
     pipeline = commands.add_parser("pipeline", help="dvc repro, then promotion, under one parent MLflow run")
     pipeline.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file; its folder is the project")

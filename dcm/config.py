@@ -331,6 +331,7 @@ class RegistryConfig(Strict):
 
     model_prefix: str  # registered model name: <prefix>-<family>
     out: str  # the register stage's record (name, version, run) for DVC
+    reevaluation_dir: str  # the champion re-evaluation's download, metrics and report
     primary: GateMetric
     guards: list[GateMetric]
     speedup_metric: str

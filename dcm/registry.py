@@ -73,7 +73,7 @@ def _compare(rule: GateMetric, challenger: dict[str, float], champion: dict[str,
     return passed, f"{rule.metric}: {new:.4g} {'passes' if passed else 'fails'} ({sign} {bound:.4g} = champion {old:.4g} ± {rule.tolerance})"
 
 
-def _client(cfg: DCMConfig):
+def registry_client(cfg: DCMConfig):
     import mlflow
     mlflow.set_tracking_uri(tracking_uri(cfg.tracking))
     return mlflow.MlflowClient()
@@ -83,7 +83,7 @@ def version_metrics(version) -> dict[str, float]:
     return {k[len(METRIC_TAG):]: float(v) for k, v in version.tags.items() if k.startswith(METRIC_TAG)}
 
 
-def _alias(client, name: str, alias: str):
+def version_at(client, name: str, alias: str):
     from mlflow.exceptions import MlflowException
     try:
         return client.get_model_version_by_alias(name, alias)
@@ -92,7 +92,7 @@ def _alias(client, name: str, alias: str):
 
 
 def alias_version(cfg: DCMConfig, alias: str) -> int | None:
-    version = _alias(_client(cfg), model_name(cfg), alias)
+    version = version_at(registry_client(cfg), model_name(cfg), alias)
     return int(version.version) if version is not None else None
 
 
@@ -120,7 +120,7 @@ def register_challenger(cfg: DCMConfig, folder: Path, metrics: dict, lineage: di
     """Log the pipeline folder as a pyfunc (models-from-code, with this package as code), register a new
     version of dcm-<family>, tag it with metrics and lineage, and point `challenger` at it."""
     import mlflow
-    client = _client(cfg)
+    client = registry_client(cfg)
     name = model_name(cfg)
     info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"pipeline": str(folder)},
                                    code_paths=[str(PACKAGE)], signature=signature(), pip_requirements=requirements())
@@ -134,11 +134,11 @@ def register_challenger(cfg: DCMConfig, folder: Path, metrics: dict, lineage: di
 
 def promote(cfg: DCMConfig) -> dict:
     """Move `champion` to the challenger if it passes the gate; record the decision either way."""
-    client, name = _client(cfg), model_name(cfg)
-    challenger = _alias(client, name, CHALLENGER)
+    client, name = registry_client(cfg), model_name(cfg)
+    challenger = version_at(client, name, CHALLENGER)
     if challenger is None:
         raise StageError(f"{name} has no '{CHALLENGER}' version: run the pipeline (dvc repro) to register one")
-    champion = _alias(client, name, CHAMPION)
+    champion = version_at(client, name, CHAMPION)
     if champion is not None and champion.version == challenger.version:
         return {"name": name, "challenger": int(challenger.version), "champion": int(champion.version),
                 "promoted": False, "reasons": ["the challenger already is the champion"]}
@@ -151,7 +151,7 @@ def promote(cfg: DCMConfig) -> dict:
               "dcm.promotion.reasons": "; ".join(decision.reasons)[:4900]}
     for key, value in record.items():
         client.set_model_version_tag(name, challenger.version, key, value)
-    now = _alias(client, name, CHAMPION)
+    now = version_at(client, name, CHAMPION)
     return {"name": name, "challenger": int(challenger.version), "promoted": decision.promote,
             "champion": int(now.version) if now is not None else None, "reasons": decision.reasons}
 
@@ -159,12 +159,12 @@ def promote(cfg: DCMConfig) -> dict:
 def rollback(cfg: DCMConfig, version: int) -> dict:
     """Point `champion` back at an earlier version (it must exist); recorded on that version."""
     from mlflow.exceptions import MlflowException
-    client, name = _client(cfg), model_name(cfg)
+    client, name = registry_client(cfg), model_name(cfg)
     try:
         client.get_model_version(name, str(version))
     except MlflowException:
         raise StageError(f"{name} has no version {version}; `mlflow ui` lists the registered versions") from None
-    previous = _alias(client, name, CHAMPION)
+    previous = version_at(client, name, CHAMPION)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_model_version_tag(name, str(version), "dcm.promotion.decision",
                                  f"rollback from {previous.version if previous else 'none'}")

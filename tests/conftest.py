@@ -79,5 +79,6 @@ def config(prepared, tmp_path):
         return load_config(REPO / "params.yaml", [*prepared, f"distill.out_dir={tmp_path / 'students'}",
                                                   f"distill.checkpoint_dir={tmp_path / 'ckpt'}",
                                                   f"evaluate.out_dir={tmp_path / 'eval'}",
+                                                  f"registry.reevaluation_dir={tmp_path / 'reevaluation'}",
                                                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
     return build

@@ -2,12 +2,7 @@
 
 import csv
 import io
-import os
-import shutil
-import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,13 +10,8 @@ import yaml
 from dcm.data.sharding import run_shard_stage
 from dcm.io import read_json
 from flows.shard import run as run_shard_flow
-from dcm.config import parse_override
-from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
-
-BIN = Path(sys.executable).parent
-STAGES = ("shard", "teacher", "precompute", "distill_semantic", "distill_detail", "evaluate", "register")
-SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16",
-         "registry.min_speedup=1.0"]  # a 6-step tiny teacher: 4 student steps cannot promise 2×
+from tests.conftest import REPO
+from tests.project import STAGES, commit_all, copy_project, dvc, parents, run_in, stage_runs
 
 
 def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
@@ -36,44 +26,7 @@ def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
 
 @pytest.fixture
 def project(tmp_path):
-    """A fresh copy of the repo's tracked (and untracked, not ignored) files, as a git + DVC project."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split()
-    root = tmp_path / "project"
-    for name in listed:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    # A `tiny` profile, selected in the file: the pipeline as shipped, only smaller.
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["profiles"]["tiny"] = dict(parse_override(o) for o in SMALL + TINY_TEACHER + TINY_DISTILL)
-    params["profile"] = "tiny"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    return root
-
-
-def run_in(root: Path, tool: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for key in ("PREFECT_HOME", "VBENCH_CACHE_DIR"):
-        env.pop(key, None)  # the copy gets its own project-local homes, as a fresh clone would
-    return subprocess.run([str(BIN / tool), *args], cwd=root, env=env, capture_output=True, text=True)
-
-
-def dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_in(root, "dvc", *args)
-
-
-def parents(root: Path) -> set[str]:
-    """The parent run of every stage run (mlflow.parentRunId tags)."""
-    with sqlite3.connect(root / "mlflow.db") as db:
-        return {row[0] for row in db.execute("select value from tags where key = 'mlflow.parentRunId'")}
-
-
-def stage_runs(root: Path, stage: str) -> int:
-    with sqlite3.connect(root / "mlflow.db") as db:
-        return db.execute("select count(*) from tags where key = 'dcm.stage' and value = ?", (stage,)).fetchone()[0]
+    return copy_project(tmp_path / "project")
 
 
 def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
@@ -119,9 +72,7 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 3, 3, 3]
 
     # A DVC experiment: one param changed, its metrics listed beside the workspace's by `dvc exp show`.
-    git = ["git", "-c", "user.name=dcm-test", "-c", "user.email=dcm-test@example.invalid"]
-    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
-    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=project, check=True)
+    commit_all(project, "baseline")
     experiment = dvc(project, "exp", "run", "--name", "wd-004", "-S", "distill.detail.weight_decay=0.004")
     assert experiment.returncode == 0, experiment.stdout + experiment.stderr
     assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 4, 4, 4]  # only the detail stage onwards
@@ -131,6 +82,23 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     named = [row for row in rows if row.get("Experiment") == "wd-004"]
     assert named and named[0]["distill.detail.weight_decay"] == "0.004"
     assert named[0]["dcm_4.judge_overall"] not in ("", "-")  # the experiment's evaluation metrics
+
+    # Another machine: git clone + dvc pull from the project's default remote (a folder beside it)
+    # restores every output, and dvc repro has nothing to do.
+    commit_all(project, "results")
+    pushed = dvc(project, "push")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    clone = project.parent / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert not (clone / "data" / "teacher" / "model").exists()
+    pulled = dvc(clone, "pull")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (clone / "data" / "students" / "dcm" / "detail" / "pytorch_lora_weights.safetensors").is_file()
+    status = dvc(clone, "status")
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
+    rerun = dvc(clone, "repro")
+    assert rerun.returncode == 0 and "up to date" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert not (clone / "mlflow.db").exists()  # no stage ran, so none logged a run
 
 
 def test_unknown_param_key_fails_with_one_line_naming_it(project):

@@ -12,6 +12,9 @@ import pytest
 
 from dcm.config import load_config
 from dcm.eval.evaluate import run_evaluate_stage
+from dcm.errors import StageError
+from dcm.io import read_json
+from dcm.reevaluate import reevaluate_champion
 from dcm.registry import CHAMPION, decide, model_name, promote, register_challenger, rollback
 from dcm.tracking import stage_run
 from dcm.train.distill import run_distill_stage
@@ -68,6 +71,30 @@ def test_worse_challenger_keeps_the_champion_better_one_moves_it_and_rollback_wo
     rollback(cfg, 1)
     assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 1
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
+
+
+def test_reevaluation_flags_a_champion_that_no_longer_meets_its_record(evaluated):
+    import mlflow
+    # The tiny 6-step teacher cannot promise the shipped 2x speedup of 4 student steps; the gate's other
+    # rules are what this test is about.
+    cfg = evaluated.model_copy(update={"registry": evaluated.registry.model_copy(update={"min_speedup": 0.0})})
+    with pytest.raises(StageError, match="no 'champion' version"):
+        reevaluate_champion(cfg)
+    measured = read_json(Path(cfg.evaluate.out_dir) / "metrics.json")
+    with stage_run(cfg.tracking, "register", {}):
+        register_challenger(cfg, Path(cfg.distill.out_dir) / "dcm", measured, {"git_commit": "test"})
+    assert promote(cfg)["promoted"]
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    same = reevaluate_champion(cfg)  # same weights, code and noise: the record holds
+    assert not same["regression"] and same["version"] == 1
+    assert same["metrics"]["dcm_4"]["judge_overall"] == pytest.approx(measured["dcm_4"]["judge_overall"])
+    assert client.get_model_version(model_name(cfg), "1").tags["dcm.reevaluation.result"] == "ok"
+    # The record claims more than the model delivers (as after a teacher or library change would look):
+    client.set_model_version_tag(model_name(cfg), "1", "metric.dcm_4.judge_overall", "1.5")
+    flagged = reevaluate_champion(cfg)
+    assert flagged["regression"] and any("judge_overall" in r and "fails" in r for r in flagged["reasons"])
+    tags = client.get_model_version(model_name(cfg), "1").tags
+    assert tags["dcm.reevaluation.result"] == "regression" and "fails" in tags["dcm.reevaluation.reasons"]
 
 
 def test_champion_generates_a_clip_in_a_fresh_process(evaluated, tmp_path):

@@ -46,12 +46,12 @@ def _timed(make: Callable[[], torch.Tensor], repeats: int, count: int) -> tuple[
 
 
 def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.ndarray | None, name: str,
-          device: torch.device) -> dict[str, float]:
+          device: torch.device, out: Path) -> dict[str, float]:
     judged = cfg.data.source == "shapes" and cfg.evaluate.prompt_source == "heldout"  # needs ground truth
     scores = judge_many(clips, prompts, cfg.data, cfg.judge) if judged else {}
     metrics = {f"judge_{k}": v for k, v in scores.items()} | saturation_stats(clips)
     metrics |= vbench_scores(clips, [p["caption"] for p in prompts], name, cfg.evaluate.vbench,
-                             Path(cfg.evaluate.out_dir) / "vbench", device.type, cfg.data.fps)
+                             out / "vbench", device.type, cfg.data.fps)
     if reference is not None:
         metrics["psnr_vs_teacher"] = float(np.mean([psnr(c, r) for c, r in zip(clips, reference)]))
         metrics["ssim_vs_teacher"] = float(np.mean([ssim(c, r) for c, r in zip(clips, reference)]))
@@ -59,14 +59,24 @@ def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.
 
 
 def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict:
+    """The DCM student and every baseline present in distill.out_dir, into evaluate.out_dir."""
+    check_weights(cfg.evaluate.vbench.dimensions, cache_dir())  # settings first: a missing file says so at once
+    if not (Path(cfg.distill.out_dir) / "dcm").is_dir():
+        raise StageError(f"{Path(cfg.distill.out_dir) / 'dcm'} not found: evaluation needs the DCM student; run "
+                         "the distill stages first (dvc repro distill_detail)")
+    folders = {name: Path(cfg.distill.out_dir) / name for name in STUDENTS}
+    present = {name: folder for name, folder in folders.items() if folder.is_dir()}
+    return evaluate_students(cfg, present, Path(cfg.evaluate.out_dir), on_result)
+
+
+def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
+                      on_result: Callable[[str, dict], None] | None = None) -> dict:
+    """Teacher vs each student folder (name → DCMPipeline folder) on the same prompts and noise."""
     from dcm.pipeline import DCMPipeline
     from dcm.train.teacher import load_teacher
     ev, sampling = cfg.evaluate, cfg.teacher.sampling
     device = resolve_device(ev.device)
     check_weights(ev.vbench.dimensions, cache_dir())  # before anything slow runs
-    if not (Path(cfg.distill.out_dir) / "dcm").is_dir():
-        raise StageError(f"{Path(cfg.distill.out_dir) / 'dcm'} not found: evaluation needs the DCM student; run "
-                         "the distill stages first (dvc repro distill_detail)")
     prompts = evaluation_prompts(cfg)
     captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
     teacher = load_teacher(cfg, device)
@@ -79,13 +89,10 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
     video, teacher_latency = _timed(teacher_clips, ev.latency_repeats, len(prompts))
     reference = video_to_clips(video)
     rows = [{"model": "teacher", "steps": sampling.steps,
-             **score(cfg, reference, prompts, None, f"teacher_{sampling.steps}", device),
+             **score(cfg, reference, prompts, None, f"teacher_{sampling.steps}", device, out),
              "latency_s": teacher_latency, "speedup": 1.0}]
     samples = {f"teacher {sampling.steps}": reference}
-    for name in STUDENTS:
-        folder = Path(cfg.distill.out_dir) / name
-        if not folder.is_dir():
-            continue
+    for name, folder in students.items():
         pipe = DCMPipeline.from_pretrained(folder, device, detail_weights="merged")
         for steps in ev.student_steps:
             def student_clips() -> torch.Tensor:
@@ -94,14 +101,13 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
 
             video, latency = _timed(student_clips, ev.latency_repeats, len(prompts))
             clips = video_to_clips(video)
-            row = {"model": name, "steps": steps, **score(cfg, clips, prompts, reference, f"{name}_{steps}", device),
-                   "latency_s": latency,
-                   "speedup": teacher_latency / latency}
+            row = {"model": name, "steps": steps,
+                   **score(cfg, clips, prompts, reference, f"{name}_{steps}", device, out),
+                   "latency_s": latency, "speedup": teacher_latency / latency}
             rows.append(row)
             samples[f"{name} {steps}"] = clips
             if on_result:
                 on_result(f"{name}_{steps}", row)
-    out = Path(ev.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {f"{row['model']}_{row['steps']}": {k: v for k, v in row.items() if k not in ("model", "steps")}
                for row in rows}

@@ -1,0 +1,104 @@
+"""Integration: prefect.yaml deployed to a real Prefect server on loopback, runs executed by a real worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import mlflow
+import pytest
+
+from dcm.io import read_json
+from tests.project import BIN, copy_project, run_in
+
+POOL = "dcm"
+STARTUP_S = 180  # a fresh server migrates its database first; slow on a 2-core machine
+RUN_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api(url: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`prefect server start` on a free loopback port with its own home; stopped by PID."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + STARTUP_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.close()
+                pytest.fail("prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(1)
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)  # the server's own uvicorn/services children too
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()
+
+
+def run_deployment(project, env, name: str) -> dict:
+    """Trigger a deployment, let one `prefect worker start --run-once` execute it, return the flow run."""
+    triggered = run_in(project, "prefect", "deployment", "run", name, env=env)
+    assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", triggered.stdout).group(1)
+    worker = run_in(project, "prefect", "worker", "start", "--pool", POOL, "--run-once", env=env, timeout=RUN_S)
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    runs = api(env["PREFECT_API_URL"], "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+    assert runs, f"flow run {run_id} not found"
+    return runs[0]
+
+
+def test_deployments_are_scheduled_and_run_by_a_worker(server, tmp_path):
+    project = copy_project(tmp_path / "project")
+    env = {"PREFECT_API_URL": server, "PREFECT_HOME": str(project / ".prefect")}
+    created = run_in(project, "prefect", "work-pool", "create", POOL, "--type", "process", env=env)
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = run_in(project, "prefect", "deploy", "--all", env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    deployments = {d["name"]: d for d in api(server, "/deployments/filter")}
+    assert set(deployments) == {"weekly", "nightly"}
+    crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
+    assert crons == {"weekly": ["0 3 * * 1"], "nightly": ["0 2 * * *"]}
+    assert all(d["work_pool_name"] == POOL for d in deployments.values())
+
+    weekly = run_deployment(project, env, "pipeline/weekly")  # the whole pipeline, tiny profile
+    assert weekly["state_type"] == "COMPLETED", weekly["state"]["message"]
+    assert read_json(project / "data" / "registry" / "challenger.json")["version"] == 1
+    assert (project / "data" / "eval" / "report.md").is_file()
+
+    nightly = run_deployment(project, env, "reevaluate-champion/nightly")  # the champion the weekly run made
+    assert nightly["state_type"] == "COMPLETED", nightly["state"]["message"]
+    assert (project / "data" / "registry" / "reevaluation" / "metrics.json").is_file()
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("dcm-toy", "champion")
+    assert int(champion.version) == 1 and champion.tags["dcm.reevaluation.result"] == "ok"
