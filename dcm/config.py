@@ -338,6 +338,26 @@ class RegistryConfig(Strict):
     min_speedup: float = Field(ge=0)
 
 
+class ServingConfig(Strict):
+    """Limits of the served model, stored with each registered version (MLflow model_config); a request
+    beyond them gets HTTP 400 naming the limit, and the server keeps serving."""
+
+    max_rows: int = Field(ge=1)  # clips per request
+    max_prompt_chars: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    max_frames: int = Field(ge=1)
+    max_pixels: int = Field(ge=1)  # height × width of one frame
+    default_steps: int = Field(ge=1)
+    fps: float = Field(gt=0)  # of the returned mp4
+    mp4_crf: int = Field(ge=0, le=51)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingConfig:
+        if self.default_steps > self.max_steps:
+            raise ValueError(f"serving.default_steps ({self.default_steps}) exceeds serving.max_steps ({self.max_steps})")
+        return self
+
+
 class TrackingConfig(Strict):
     uri: str  # MLFLOW_TRACKING_URI in the environment wins, as MLflow users expect
     artifacts: str
@@ -357,6 +377,7 @@ class DCMConfig(Strict):
     distill: DistillConfig
     evaluate: EvaluateConfig
     registry: RegistryConfig
+    serving: ServingConfig
     tracking: TrackingConfig
 
     @model_validator(mode="after")

@@ -123,7 +123,8 @@ def register_challenger(cfg: DCMConfig, folder: Path, metrics: dict, lineage: di
     client = registry_client(cfg)
     name = model_name(cfg)
     info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"pipeline": str(folder)},
-                                   code_paths=[str(PACKAGE)], signature=signature(), pip_requirements=requirements())
+                                   code_paths=[str(PACKAGE)], signature=signature(), pip_requirements=requirements(),
+                                   model_config=cfg.serving.model_dump(mode="json"))
     version = mlflow.register_model(info.model_uri, name)
     tags = {**{f"{METRIC_TAG}{k}": str(v) for k, v in flatten_metrics(metrics).items()}, **lineage}
     for key, value in tags.items():

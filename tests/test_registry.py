@@ -97,6 +97,28 @@ def test_reevaluation_flags_a_champion_that_no_longer_meets_its_record(evaluated
     assert tags["dcm.reevaluation.result"] == "regression" and "fails" in tags["dcm.reevaluation.reasons"]
 
 
+def test_served_model_enforces_the_configured_limits(evaluated):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    limits = {"max_rows": 2, "max_prompt_chars": 40, "max_frames": 8, "max_pixels": 16 * 32, "default_steps": 2}
+    cfg = evaluated.model_copy(update={"serving": evaluated.serving.model_copy(update=limits)})
+    with stage_run(cfg.tracking, "register", {}):
+        record = register_challenger(cfg, Path(cfg.distill.out_dir) / "dcm", {}, {"git_commit": "test"})
+    model = mlflow.pyfunc.load_model(record["model_uri"])
+    for rows, message in [
+        ([{"prompt": "a"}] * 3, "3 clips requested; the limit is 2"),
+        ([{"prompt": "a" * 41}], "41 characters; the limit is 40"),
+        ([{"prompt": "a", "frames": 12}], "'frames' is 12; the limit is 8"),
+        ([{"prompt": "a", "height": 32, "width": 32}], "1024 pixels; the limit is 512"),
+        ([{"prompt": "a", "steps": 1}, {"prompt": "b", "steps": 0}], "'steps' must be between 1 and 50"),  # nothing generated
+    ]:
+        with pytest.raises(MlflowException, match=message):
+            model.predict(pd.DataFrame(rows))
+    out = model.predict(pd.DataFrame([{"prompt": "a red circle", "height": 16, "width": 32}]))
+    assert out.iloc[0]["steps"] == 2 and out.iloc[0]["width"] == 32  # the configured default step count
+
+
 def test_champion_generates_a_clip_in_a_fresh_process(evaluated, tmp_path):
     cfg = evaluated
     register(cfg, 0.6)
@@ -174,6 +196,10 @@ def test_mlflow_models_serve_answers_with_a_video_and_refuses_bad_payloads(evalu
         assert 400 <= status < 500 and "'steps' must be between 1 and 50" in json.dumps(body)
         status, body = post(f"{base}/invocations", {"dataframe_records": [{"seed": 1}]})
         assert 400 <= status < 500 and "prompt" in json.dumps(body)
+        status, body = post(f"{base}/invocations", {"dataframe_records": [{"prompt": "x", "frames": 4096}]})
+        assert 400 <= status < 500 and "the limit is 64" in json.dumps(body)
+        status, body = post(f"{base}/invocations", {"dataframe_records": [{"prompt": "a red circle", "steps": 1}]})
+        assert status == 200, body  # still serving after the refusals
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

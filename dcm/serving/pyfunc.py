@@ -19,8 +19,6 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 PIPELINE_ARTIFACT = "pipeline"
 OPTIONAL = ("seed", "steps", "height", "width", "frames")
-MAX_STEPS = 50  # the teacher's Euler grid bounds a few-step sampler; more is never useful
-FPS = 8
 
 
 def bad_request(message: str) -> MlflowException:
@@ -30,15 +28,20 @@ def bad_request(message: str) -> MlflowException:
 class DCMVideoModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from dcm.pipeline import DCMPipeline
+        from dcm.config import ServingConfig
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.pipe = DCMPipeline.from_pretrained(context.artifacts[PIPELINE_ARTIFACT], device, detail_weights="merged")
+        self.limits = ServingConfig(**context.model_config)  # serving: in params.yaml when it was registered
 
     def _request(self, row: dict) -> dict:
         defaults = self.pipe.info["defaults"]
+        limits = self.limits
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise bad_request("each request row needs a non-empty string 'prompt'")
-        request = {"prompt": prompt, "seed": 0, "steps": 4, "frames": defaults["frames"],
+        if len(prompt) > limits.max_prompt_chars:
+            raise bad_request(f"'prompt' has {len(prompt)} characters; the limit is {limits.max_prompt_chars}")
+        request = {"prompt": prompt, "seed": 0, "steps": limits.default_steps, "frames": defaults["frames"],
                    "height": defaults["height"], "width": defaults["width"]}
         for key in OPTIONAL:
             value = row.get(key)
@@ -47,27 +50,35 @@ class DCMVideoModel(mlflow.pyfunc.PythonModel):
             if isinstance(value, bool) or not float(value).is_integer():
                 raise bad_request(f"'{key}' must be an integer, got {value!r}")
             request[key] = int(value)
-        if not 1 <= request["steps"] <= MAX_STEPS:
-            raise bad_request(f"'steps' must be between 1 and {MAX_STEPS}, got {request['steps']}")
+        if not 1 <= request["steps"] <= limits.max_steps:
+            raise bad_request(f"'steps' must be between 1 and {limits.max_steps}, got {request['steps']}")
         patch = self.pipe.family.patch_size
         for key, unit in (("height", patch[1]), ("width", patch[2]), ("frames", patch[0])):
             if request[key] < 1 or request[key] % unit:
                 raise bad_request(f"'{key}' must be a positive multiple of {unit}, got {request[key]}")
+        if request["frames"] > limits.max_frames:
+            raise bad_request(f"'frames' is {request['frames']}; the limit is {limits.max_frames}")
+        if request["height"] * request["width"] > limits.max_pixels:
+            raise bad_request(f"height × width is {request['height'] * request['width']} pixels; the limit is "
+                              f"{limits.max_pixels}")
         return request
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from dcm.data.video_io import write_video
         if not isinstance(model_input, pd.DataFrame) or "prompt" not in model_input.columns:
             raise bad_request("the request needs a 'prompt' column (e.g. {\"dataframe_records\": [{\"prompt\": ...}]})")
+        if len(model_input) > self.limits.max_rows:
+            raise bad_request(f"{len(model_input)} clips requested; the limit is {self.limits.max_rows} per request")
+        requests = [self._request(row) for row in model_input.to_dict(orient="records")]  # all checked first
         rows = []
-        for row in model_input.to_dict(orient="records"):
-            request = self._request(row)
+        for request in requests:
             generator = torch.Generator().manual_seed(request["seed"])
             frames = self.pipe(request["prompt"], num_inference_steps=request["steps"], generator=generator,
                                height=request["height"], width=request["width"], num_frames=request["frames"]).frames[0]
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "clip.mp4"
-                write_video(path, (frames * 255).round().astype("uint8"), FPS, options={"crf": "18"})
+                write_video(path, (frames * 255).round().astype("uint8"), self.limits.fps,
+                            options={"crf": str(self.limits.mp4_crf)})
                 encoded = base64.b64encode(path.read_bytes()).decode("ascii")
             rows.append({"video_mp4_base64": encoded, "frames": request["frames"], "height": request["height"],
                          "width": request["width"], "steps": request["steps"]})
