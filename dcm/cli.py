@@ -7,6 +7,7 @@ Stage subcommands run the stage's Prefect flow (the same thing `dvc repro` runs)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 from dcm.config import DEFAULT_PARAMS, ConfigError, config_to_dict, load_config
 from dcm.env import apply_runtime_defaults
 from dcm.errors import StageError
+from dcm.services import check_reachable
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
 
@@ -140,6 +142,16 @@ def cmd_status(args) -> int:
     return 0
 
 
+def check_prefect_api(args) -> None:
+    """With PREFECT_API_URL set, flows report to that server: fail at once if it does not answer."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url and args.command != "config":
+        params = getattr(args, "params", str(DEFAULT_PARAMS))
+        timeout = load_config(params, getattr(args, "overrides", None) or []).tracking.probe_timeout_s
+        check_reachable(f"{url.rstrip('/')}/health", "the Prefect API (PREFECT_API_URL)",
+                        "start it (make server), or unset PREFECT_API_URL to use a temporary local one", timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_runtime_defaults(Path.cwd())
     args = build_parser().parse_args(argv)
     try:
+        check_prefect_api(args)
         return args.func(args)
     except ConfigError as error:
         print(f"dcm: config error: {error}", file=sys.stderr)

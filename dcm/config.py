@@ -360,6 +360,7 @@ class ServingConfig(Strict):
 
 class TrackingConfig(Strict):
     uri: str  # MLFLOW_TRACKING_URI in the environment wins, as MLflow users expect
+    probe_timeout_s: float = Field(gt=0)  # an MLflow/Prefect server silent this long fails the command
     artifacts: str
     experiment: str
 

@@ -127,9 +127,14 @@ def register_challenger(cfg: DCMConfig, folder: Path, metrics: dict, lineage: di
                                    model_config=cfg.serving.model_dump(mode="json"))
     version = mlflow.register_model(info.model_uri, name)
     tags = {**{f"{METRIC_TAG}{k}": str(v) for k, v in flatten_metrics(metrics).items()}, **lineage}
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+    except Exception:
+        # A version without its metrics could never pass the gate honestly: leave no half-registered version.
+        client.delete_model_version(name, version.version)
+        raise
     return {"name": name, "version": int(version.version), "model_uri": info.model_uri}
 
 

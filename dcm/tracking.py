@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dcm.config import TrackingConfig, flatten
+from dcm.services import check_reachable, is_http
 
 MLFLOW_PARAM_CHARS = 6000  # MLflow refuses longer param values
 # The user's MLFLOW_TRACKING_URI as the process started: mlflow.set_tracking_uri() writes that variable
@@ -80,7 +81,11 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict, root: Path | None =
         return
     import mlflow
     root = Path(root or Path.cwd()).resolve()
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    if is_http(uri):
+        check_reachable(f"{uri.rstrip('/')}/health", "the MLflow tracking server",
+                        "start it, or point tracking.uri / MLFLOW_TRACKING_URI at a running one", cfg.probe_timeout_s)
+    mlflow.set_tracking_uri(uri)
     parent = os.environ.get("DCM_PARENT_RUN_ID") or None
     with mlflow.start_run(experiment_id=_experiment_id(cfg, root), run_name=stage, parent_run_id=parent,
                           nested=parent is not None, tags={"dcm.stage": stage, **git_state(root)},
