@@ -397,7 +397,21 @@ class DCMConfig(Strict):
                              "both experts need at least one node")
         if self.distill.pcm_phases > self.schedule.euler_nodes:
             raise ValueError(f"distill.pcm_phases ({self.distill.pcm_phases}) exceeds schedule.euler_nodes")
+        self._check_student_steps()
         return self
+
+    def _check_student_steps(self) -> None:
+        """Every configured DCM step count must fit the experts' segments (checked before any work)."""
+        from dcm.schedule import inference_sigmas, segment_edges
+        edges = segment_edges("dcm", self.schedule, self.distill.kappa, self.distill.pcm_phases)
+        for key, counts in (("evaluate.student_steps", self.evaluate.student_steps),
+                            ("distill.sample_steps", [self.distill.sample_steps]),
+                            ("serving.default_steps", [self.serving.default_steps])):
+            for steps in counts:
+                try:
+                    inference_sigmas(self.schedule, steps, edges)
+                except ValueError as error:
+                    raise ValueError(f"{key}: {error}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

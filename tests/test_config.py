@@ -70,3 +70,14 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "sede: unknown key" in result.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("distill.kappa=49", "distill.kappa \\(49\\) must lie in"),
+    ("evaluate.student_steps=[4,200]", "evaluate.student_steps: 200 steps put 100 steps into the segment"),
+    ("distill.sample_steps=60", "distill.sample_steps: 60 steps"),
+    ("serving.default_steps=60", "serving.default_steps \\(60\\) exceeds serving.max_steps"),
+])
+def test_impossible_step_settings_are_refused_before_any_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(REPO / "params.yaml", [override])

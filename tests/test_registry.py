@@ -112,6 +112,7 @@ def test_served_model_enforces_the_configured_limits(evaluated):
         ([{"prompt": "a", "frames": 12}], "'frames' is 12; the limit is 8"),
         ([{"prompt": "a", "height": 32, "width": 32}], "1024 pixels; the limit is 512"),
         ([{"prompt": "a", "steps": 1}, {"prompt": "b", "steps": 0}], "'steps' must be between 1 and 50"),  # nothing generated
+        ([{"prompt": "a", "steps": 30}], "'steps': 30 steps put 15 steps into the segment"),  # 10 Euler nodes
     ]:
         with pytest.raises(MlflowException, match=message):
             model.predict(pd.DataFrame(rows))

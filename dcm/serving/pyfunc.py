@@ -17,6 +17,8 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from dcm.schedule import inference_sigmas
+
 PIPELINE_ARTIFACT = "pipeline"
 OPTIONAL = ("seed", "steps", "height", "width", "frames")
 
@@ -52,6 +54,10 @@ class DCMVideoModel(mlflow.pyfunc.PythonModel):
             request[key] = int(value)
         if not 1 <= request["steps"] <= limits.max_steps:
             raise bad_request(f"'steps' must be between 1 and {limits.max_steps}, got {request['steps']}")
+        try:  # the experts' segments hold a limited number of nodes each
+            inference_sigmas(self.pipe.schedule, request["steps"], self.pipe.edges)
+        except ValueError as error:
+            raise bad_request(f"'steps': {error}") from None
         patch = self.pipe.family.patch_size
         for key, unit in (("height", patch[1]), ("width", patch[2]), ("frames", patch[0])):
             if request[key] < 1 or request[key] % unit:
