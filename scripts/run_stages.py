@@ -1,17 +1,21 @@
-"""Run the shard and teacher stages without the orchestration stack, e.g. on a bare GPU box.
+"""Run the pipeline's stages without the orchestration stack, e.g. on a bare GPU box.
 
-    python scripts/run_stages.py --out results/ -S profile=gpu [-S key=value ...] [--workers 14]
+    python scripts/run_stages.py --out results/ -S profile=gpu [-S key=value ...] [--workers 14] \
+        [--stages shard,teacher,precompute,semantic,detail,lcm,pcm,evaluate] [--teacher-parts DIR]
 
 The stage functions are the ones `dvc repro` runs through Prefect; this driver only swaps the
 orchestration for a process pool (shards) and prints progress instead of logging to MLflow. It writes
 the teacher's metrics, a sample grid (PNG) and the trained teacher (tar, split into 15 MB parts) to
---out, which is what the GPU rows of BENCHMARKS.md were measured with.
+--out, and for the later stages the students' metrics and the evaluation (metrics.json, report.md,
+samples.png). --teacher-parts unpacks a teacher written by an earlier call instead of training one.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -30,6 +34,7 @@ from dcm.train.teacher import run_teacher_stage
 
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20
+STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "evaluate")
 
 
 def shard(cfg, workers: int) -> None:
@@ -53,23 +58,78 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--grid-rows", type=int, default=12)
     parser.add_argument("--grid-frames", type=int, default=8)
-    parser.add_argument("--stages", default="shard,teacher", help="comma-separated subset of shard,teacher")
+    parser.add_argument("--stages", default="shard,teacher", help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--teacher-parts", help="folder with teacher_model.tar.part* from an earlier call")
     parser.add_argument("--no-model", action="store_true", help="do not copy the trained teacher to --out")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     overrides = [f"shard.dir={work}/shards", f"teacher.out_dir={work}/teacher",
-                 f"teacher.checkpoint_dir={work}/checkpoints/teacher", *args.overrides]
+                 f"teacher.checkpoint_dir={work}/checkpoints/teacher", f"precompute.dir={work}/latents",
+                 f"distill.out_dir={work}/students", f"distill.checkpoint_dir={work}/checkpoints",
+                 f"evaluate.out_dir={work}/eval", *args.overrides]
     cfg = load_config(REPO / "params.yaml", overrides)
-    timings, curve = {}, []
+    timings = {}
     stages = args.stages.split(",")
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     if "shard" in stages:
         start = time.perf_counter()
         shard(cfg, args.workers)
         timings["shard_s"] = time.perf_counter() - start
-    if "teacher" not in stages:
-        return
+    if args.teacher_parts:
+        unpack_teacher(Path(args.teacher_parts), work / "teacher")
+    if "teacher" in stages:
+        train_teacher(cfg, overrides, args, out, work, timings)
+    later(cfg, stages, out, work, timings)
+
+
+def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
+    """The teacher folder from tar parts, plus the manifest the teacher stage would have written."""
+    from dcm.io import write_json_atomic
+    from dcm.models.family import folder_hash
+    data = b"".join(p.read_bytes() for p in sorted(parts.glob("teacher_model.tar.part*"),
+                                                    key=lambda p: int(p.name.rsplit("part", 1)[1])))
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(teacher_dir, filter="data")
+    write_json_atomic(teacher_dir / "manifest.json",
+                      {"family": "toy", "path": "model", "content_hash": folder_hash(teacher_dir / "model")})
+
+
+def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
+    """precompute, the distillation stages and evaluate, in that order, each timed."""
+    from dcm.eval.evaluate import run_evaluate_stage
+    from dcm.precompute import run_precompute_stage
+    from dcm.train.distill import run_distill_stage
+
+    def on_log(step: int, metrics: dict) -> None:
+        print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+
+    for stage in [s for s in STAGES[2:] if s in stages]:
+        start = time.perf_counter()
+        if stage == "precompute":
+            run_precompute_stage(cfg)
+        elif stage == "evaluate":
+            result = run_evaluate_stage(cfg)
+            for path in result["files"].values():
+                shutil.copy2(path, out / f"eval_{path.name}")
+            (out / "eval_metrics.json").write_text(json.dumps(result["metrics"], indent=2))
+            print((out / "eval_report.md").read_text(), flush=True)
+        else:
+            result = run_distill_stage(cfg, stage, on_log=on_log)
+            kept = {k: result[k] for k in ("folder", "metrics", "losses")}
+            (out / f"{stage}_metrics.json").write_text(json.dumps(kept, indent=2, default=str))
+            print(stage, result["metrics"], flush=True)
+        timings[f"{stage}_s"] = time.perf_counter() - start
+        print(f"{stage}: {timings[f'{stage}_s']:.0f} s", flush=True)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+
+def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timings: dict) -> None:
+    curve = []
 
     def on_log(step: int, metrics: dict) -> None:
         curve.append({"step": step, **metrics})

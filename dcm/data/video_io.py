@@ -1,11 +1,14 @@
-"""Decode real videos into fixed-size clips (PyAV), and write clips back out as mp4."""
+"""Decode real videos into fixed-size clips (PyAV), and write clips back out as mp4.
+
+PyAV is imported where a video is read or written, so the procedural (shapes) path runs on machines
+that lack it, such as a bare GPU box with only the project's wheels.
+"""
 
 from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -58,6 +61,7 @@ def decode_clips(path: str | Path, data: DataConfig) -> list[np.ndarray]:
     clips: list[np.ndarray] = []
     current: list[np.ndarray] = []
     decoded = 0
+    import av
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             if not container.streams.video:
@@ -103,6 +107,7 @@ CONTAINER_CODECS = {
 def write_video(path: str | Path, clip: np.ndarray, fps: float, codec: str | None = None,
                 options: dict[str, str] | None = None) -> None:
     """Write uint8 (frames, height, width, 3); the codec follows the file extension unless given."""
+    import av
     path = Path(path)
     default_codec, pix_fmt = CONTAINER_CODECS.get(path.suffix.lstrip(".").lower(), ("libx264", "yuv420p"))
     codec = codec or default_codec
