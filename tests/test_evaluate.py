@@ -1,6 +1,7 @@
 """Stage `evaluate` on the tiny pipeline: every model from the same noise, all metrics, the report files."""
 
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -108,3 +109,14 @@ def test_prompt_sources(config, tmp_path):
 def test_bad_evaluation_settings_are_named(config, override, message):
     with pytest.raises(ConfigError, match=message):
         config(override)
+
+
+def test_no_vbench_dimensions_need_no_vbench_package(monkeypatch):
+    """A bare GPU box without vbench evaluates with evaluate.vbench.dimensions=[]."""
+    from dcm.eval.vbench_weights import check_weights, stand_in_dimensions
+    monkeypatch.setitem(sys.modules, "vbench", None)  # import vbench now raises ImportError
+    monkeypatch.setitem(sys.modules, "vbench.utils", None)
+    check_weights([])
+    assert stand_in_dimensions([]) == []
+    with pytest.raises(ImportError):
+        check_weights(["temporal_flickering"])

@@ -25,7 +25,7 @@ from dcm.eval.judge import judge_many
 from dcm.eval.prompts import evaluation_prompts
 from dcm.eval.report import write_report
 from dcm.eval.vbench_scores import vbench_scores
-from dcm.eval.vbench_weights import cache_dir, check_weights, stand_in_dimensions
+from dcm.eval.vbench_weights import check_weights, stand_in_dimensions
 from dcm.io import write_json_atomic
 from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
@@ -60,7 +60,7 @@ def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.
 
 def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict:
     """The DCM student and every baseline present in distill.out_dir, into evaluate.out_dir."""
-    check_weights(cfg.evaluate.vbench.dimensions, cache_dir())  # settings first: a missing file says so at once
+    check_weights(cfg.evaluate.vbench.dimensions)  # settings first: a missing file says so at once
     if not (Path(cfg.distill.out_dir) / "dcm").is_dir():
         raise StageError(f"{Path(cfg.distill.out_dir) / 'dcm'} not found: evaluation needs the DCM student; run "
                          "the distill stages first (dvc repro distill_detail)")
@@ -76,7 +76,7 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
     from dcm.train.teacher import load_teacher
     ev, sampling = cfg.evaluate, cfg.teacher.sampling
     device = resolve_device(ev.device)
-    check_weights(ev.vbench.dimensions, cache_dir())  # before anything slow runs
+    check_weights(ev.vbench.dimensions)  # before anything slow runs
     prompts = evaluation_prompts(cfg)
     captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
     teacher = load_teacher(cfg, device)
@@ -114,7 +114,7 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
     metrics["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
     metrics["prompts"] = len(prompts)
     # Scores from random stand-in weights (dcm/eval/vbench_weights.py) test the wiring and mean nothing.
-    stand_ins = stand_in_dimensions(ev.vbench.dimensions, cache_dir())
+    stand_ins = stand_in_dimensions(ev.vbench.dimensions)
     metrics["vbench"] = {"dimensions": list(ev.vbench.dimensions), "meaningless_stand_in_weights": stand_ins}
     write_json_atomic(out / METRICS, metrics)
     notes = [f"**vbench_{d} is meaningless here**: computed from random stand-in weights." for d in stand_ins]

@@ -38,7 +38,10 @@ def cache_dir() -> Path:
     return Path(vbench.utils.CACHE_DIR)
 
 
-def check_weights(dimensions: list[str], cache: Path) -> None:
+def check_weights(dimensions: list[str], cache: Path | None = None) -> None:
+    if not dimensions:
+        return  # vbench may not even be installed (a bare GPU box)
+    cache = cache or cache_dir()
     missing = [(d, cache / rel) for d in dimensions for rel in REQUIRED[d] if not (cache / rel).exists()]
     if missing:
         listed = "; ".join(f"{d}: {path}" for d, path in missing)
@@ -47,8 +50,11 @@ def check_weights(dimensions: list[str], cache: Path) -> None:
                          "evaluate.vbench.dimensions in params.yaml")
 
 
-def stand_in_dimensions(dimensions: list[str], cache: Path) -> list[str]:
+def stand_in_dimensions(dimensions: list[str], cache: Path | None = None) -> list[str]:
     """The dimensions at least one of whose weights is a stand-in."""
+    if not dimensions:
+        return []
+    cache = cache or cache_dir()
     return [d for d in dimensions if any((cache / f"{rel}{MARKER}").exists() for rel in REQUIRED[d])]
 
 
