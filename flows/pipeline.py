@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from dcm.config import DEFAULT_PARAMS, load_config
 from dcm.errors import StageError
@@ -24,11 +24,12 @@ def dvc_command() -> str:
     return str(beside) if beside.is_file() else "dvc"
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline")
 def pipeline_flow(params: str = str(DEFAULT_PARAMS), promote: bool = True) -> dict:
     params_path = Path(params).resolve()
     root = params_path.parent
     cfg = load_config(params_path)
+    logger = get_run_logger()
     with stage_run(cfg.tracking, "pipeline", {"params": str(params_path)}, root=root) as run:
         bin_dir = str(Path(sys.executable).parent)
         env = {**os.environ, "DCM_PARENT_RUN_ID": run.run_id or "", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
@@ -37,7 +38,11 @@ def pipeline_flow(params: str = str(DEFAULT_PARAMS), promote: bool = True) -> di
                               stderr=subprocess.STDOUT, text=True) as process:
             for line in process.stdout:
                 lines.append(line.rstrip())
-                print(line.rstrip(), flush=True)  # the terminal sees dvc's progress; log_prints keeps it in Prefect
+                # The terminal sees dvc's progress as it happens (print would only reach Prefect's log,
+                # which the CLI keeps at WARNING); the flow run's log gets it too.
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                logger.info(line.rstrip())
         if process.returncode:
             raise StageError("dvc repro failed:\n" + "\n".join(lines[-TAIL_LINES:]))
         promotion = promote_flow(str(params_path)) if promote else None
