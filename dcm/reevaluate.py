@@ -14,6 +14,7 @@ from typing import Callable
 from dcm.config import DCMConfig
 from dcm.errors import StageError
 from dcm.eval.evaluate import evaluate_students
+from dcm.eval.vbench_weights import check_weights
 from dcm.registry import CHAMPION, decide, flatten_metrics, model_name, registry_client, version_at, version_metrics
 from dcm.serving.pyfunc import PIPELINE_ARTIFACT
 
@@ -35,6 +36,7 @@ def download_champion(cfg: DCMConfig, dest: Path) -> tuple[int, Path]:
 
 
 def reevaluate_champion(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict:
+    check_weights(cfg.evaluate.vbench.dimensions)  # before the download and the teacher's generation
     out = Path(cfg.registry.reevaluation_dir)
     version, folder = download_champion(cfg, out / "champion")
     result = evaluate_students(cfg, {"dcm": folder}, out, on_result)

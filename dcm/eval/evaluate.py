@@ -71,12 +71,12 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
 
 def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                       on_result: Callable[[str, dict], None] | None = None) -> dict:
-    """Teacher vs each student folder (name → DCMPipeline folder) on the same prompts and noise."""
+    """Teacher vs each student folder (name → DCMPipeline folder) on the same prompts and noise. Callers
+    check the vbench weights first (check_weights), before anything slow."""
     from dcm.pipeline import DCMPipeline
     from dcm.train.teacher import load_teacher
     ev, sampling = cfg.evaluate, cfg.teacher.sampling
     device = resolve_device(ev.device)
-    check_weights(ev.vbench.dimensions)  # before anything slow runs
     prompts = evaluation_prompts(cfg)
     captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
     teacher = load_teacher(cfg, device)
