@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 HASH_CHUNK_BYTES = 1 << 20
+TEMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -24,7 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -33,6 +34,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_orphaned_temporaries(folder: str | Path) -> list[str]:
+    """Delete the temporaries of atomic_path that a killed writer left in `folder`. Only for a moment when
+    no writer can be active there (a stage's last step, once every job has finished)."""
+    folder = Path(folder)
+    orphans = sorted(folder.glob(f".*{TEMP_SUFFIX}")) if folder.is_dir() else []
+    for path in orphans:
+        path.unlink()
+    return [path.name for path in orphans]
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

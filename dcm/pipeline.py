@@ -95,7 +95,7 @@ class DCMPipeline:
         elif kind == "full":
             transformer_class = type(family.transformer)
             student.detail_kind, student.threshold = "full", info["threshold"]
-            student.detail_transformer = transformer_class.from_pretrained(detail / "transformer", torch_dtype=dtype).to(device)
+            student.detail_transformer = transformer_class.from_pretrained(detail / "transformer", use_safetensors=True, torch_dtype=dtype).to(device)
         return cls(family, student.eval(), info)
 
     # -- generating ---------------------------------------------------------------------------------------

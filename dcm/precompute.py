@@ -25,7 +25,8 @@ from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from dcm.config import DCMConfig, config_to_dict
-from dcm.data.reader import decode_sample, read_shard
+from dcm.data.latents import non_finite
+from dcm.data.reader import decode_sample, read_shard, verify_shard
 from dcm.data.shardfiles import SPLITS, finished_sidecar, remove_stale, shard_paths, shard_writer
 from dcm.data.sharding import MANIFEST as SHARD_MANIFEST
 from dcm.data.tensors import clips_to_video
@@ -45,6 +46,7 @@ class PrecomputeJob:
     split: str
     index: int
     source: str  # input shard path
+    sha256: str  # of the input shard, as the shard manifest recorded it
     fingerprint: str
 
     @property
@@ -78,7 +80,7 @@ def plan(cfg: DCMConfig, teacher_hash: str) -> list[PrecomputeJob]:
     jobs = []
     for split in SPLITS:
         for index, entry in enumerate(shards["splits"][split]["shards"]):
-            jobs.append(PrecomputeJob(split, index, str(shard_dir / entry["path"]),
+            jobs.append(PrecomputeJob(split, index, str(shard_dir / entry["path"]), entry["sha256"],
                                       sha256_json({**settings, "input": entry["sha256"]})))
     return jobs
 
@@ -97,6 +99,7 @@ def write_job(job: PrecomputeJob, cfg: DCMConfig, teacher, out_dir: Path) -> dic
     pre = cfg.precompute
     dtype = DTYPES[pre.dtype]
     device = next(teacher.transformer.parameters()).device
+    verify_shard(job.source, job.sha256)
     samples = [decode_sample(raw) for raw in read_shard(job.source)]
     nodes = trajectory_nodes(cfg)
     sigmas = sampling_sigmas(cfg.schedule, cfg.schedule.euler_nodes)  # all nodes, descending, then 0
@@ -126,6 +129,10 @@ def write_job(job: PrecomputeJob, cfg: DCMConfig, teacher, out_dir: Path) -> dic
                                    trajectory_nodes=torch.tensor(nodes, dtype=torch.int64))
                 tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
                            for k, v in tensors.items()}
+                if bad := non_finite(tensors):
+                    raise StageError(f"precompute: sample {sample['key']} of {job.source} came out with non-finite "
+                                     f"values in {bad}: the teacher or its VAE diverged (try precompute.dtype: "
+                                     "float32, or check the teacher); finished shards are kept")
                 writer.write({"__key__": sample["key"], "tensors.safetensors": safetensors_bytes(tensors),
                               "caption.txt": sample["caption"].encode(),
                               "meta.json": json.dumps(sample["meta"], sort_keys=True).encode()})

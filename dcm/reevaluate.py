@@ -39,7 +39,8 @@ def reevaluate_champion(cfg: DCMConfig, on_result: Callable[[str, dict], None] |
     check_weights(cfg.evaluate.vbench.dimensions)  # before the download and the teacher's generation
     out = Path(cfg.registry.reevaluation_dir)
     version, folder = download_champion(cfg, out / "champion")
-    result = evaluate_students(cfg, {"dcm": folder}, out, on_result)
+    # resume=False: the point is to measure again, never to reuse an earlier night's rows
+    result = evaluate_students(cfg, {"dcm": folder}, out, on_result, resume=False)
     client, name = registry_client(cfg), model_name(cfg)
     recorded = version_metrics(client.get_model_version(name, str(version)))
     decision = decide(cfg.registry, flatten_metrics(result["metrics"]), recorded)

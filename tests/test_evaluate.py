@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -34,6 +35,30 @@ def test_evaluation_compares_teacher_dcm_and_baselines(config):
     assert "| dcm | 4 |" in report and "| teacher | 6 |" in report
     assert {"grid", "table", "judge_overall", "speedup"} <= set(result["files"])
     assert all(path.stat().st_size > 0 for path in result["files"].values())
+
+
+def test_rerun_after_a_kill_reuses_finished_rows_and_redoes_the_rest(config, capsys):
+    cfg = config("evaluate.prompts=2", "evaluate.latency_repeats=1", "evaluate.student_steps=[1,4]")
+    run_distill_stage(cfg, "semantic")
+    run_distill_stage(cfg, "detail")
+    first = json.loads((run_evaluate_stage(cfg)["files"]["report"].parent / "metrics.json").read_text())
+    rows = Path(cfg.evaluate.out_dir) / "rows"
+    (rows / "dcm_4.json").unlink()  # as if killed while scoring dcm at 4 steps
+    capsys.readouterr()
+    second = run_evaluate_stage(cfg)["metrics"]
+    reused = capsys.readouterr().out
+    assert "teacher_6 reused" in reused and "dcm_1 reused" in reused and "dcm_4 reused" not in reused
+    assert (rows / "dcm_4.json").is_file()
+    for row in ("teacher_6", "dcm_1", "dcm_4"):
+        assert second[row]["judge_overall"] == first[row]["judge_overall"], row
+    assert second["dcm_1"]["latency_s"] == first["dcm_1"]["latency_s"]  # reused, not measured again
+
+    lora = Path(cfg.distill.out_dir) / "dcm" / "detail" / "pytorch_lora_weights.safetensors"
+    lora.write_bytes(lora.read_bytes()[:-4] + b"\0\0\0\0")  # other student bytes: its rows are stale
+    capsys.readouterr()
+    run_evaluate_stage(cfg)
+    reused = capsys.readouterr().out
+    assert "teacher_6 reused" in reused and "dcm_1 reused" not in reused
 
 
 def test_evaluation_needs_the_dcm_student(config):

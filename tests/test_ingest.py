@@ -53,6 +53,15 @@ def test_resize_is_a_centre_crop(tmp_path, make_config):
     assert frame.shape == (32, 32, 3)
 
 
+def write_zero_frame_video(path: Path) -> None:
+    """A well-formed AVI whose 32×32 video stream holds no frames."""
+    import av
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        container.start_encoding()
+
+
 def build_mixed_folder(folder: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Valid videos (name → expected clips) and corrupt ones (name → expected reason)."""
     folder.mkdir()
@@ -83,6 +92,10 @@ def build_mixed_folder(folder: Path) -> tuple[dict[str, int], dict[str, str]]:
     write_video(folder / "blank.webm", ramp_clip(16), fps=8)
     (folder / "blank.txt").write_text("   \n")
     corrupt["blank.webm"] = "empty"
+    write_zero_frame_video(folder / "zero-frames.avi")
+    corrupt["zero-frames.avi"] = "no decodable frames"
+    write_video(folder / "absurd.mkv", np.zeros((2, 8, 8200, 3), np.uint8), fps=8, codec="ffv1")  # 8200×8 px
+    corrupt["absurd.mkv"] = "exceeds data.videos.max_side"
     for name in corrupt:
         if not (folder / name).with_suffix(".txt").exists() and name != "nocaption.mp4":
             (folder / name).with_suffix(".txt").write_text("caption of a broken file")

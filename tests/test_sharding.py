@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dcm.data.reader import make_dataset
+from dcm.data.reader import decode_sample, make_dataset, read_shard
 from dcm.data.shapes import make_sample
 from dcm.data.sharding import plan_shards, run_shard_stage, write_shard
+from dcm.errors import StageError
 from dcm.io import read_json
 
 
@@ -132,6 +133,8 @@ def test_corrupt_sample_is_reported_with_its_key(tmp_path, make_config):
                 data = b"\x89PNG garbage"
                 member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
-    with pytest.raises(ValueError, match="val-00000001"):
+    with pytest.raises(StageError, match="does not match the sha256"):  # the manifest's record catches it first
         list(make_dataset(cfg.shard.dir, "val"))
+    with pytest.raises(ValueError, match="val-00000001"):  # and the decoder names the sample itself
+        [decode_sample(raw) for raw in read_shard(path)]
     assert os.path.exists(path)

@@ -28,7 +28,7 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(tmp_path, make_conf
     with pytest.raises(StageError, match="stopped at step 2 of 4"):
         run_teacher_stage(other, stop_after=2)
     resumed = run_teacher_stage(other)
-    assert resumed["manifest"]["resumed_from"] == 2
+    assert resumed["resumed_from"] == 2
     assert resumed["losses"] == straight["losses"] and len(straight["losses"]) == 4
 
 

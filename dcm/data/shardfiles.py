@@ -13,7 +13,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from dcm.io import read_json, sha256_file
+from dcm.io import read_json, remove_orphaned_temporaries, sha256_file
 
 SPLITS = ("train", "val")
 TAR_OWNER = "dcm"
@@ -50,9 +50,11 @@ def shard_writer(handle, split: str, index: int) -> wds.ShardWriter:
 
 
 def remove_stale(out_dir: Path, keep: set[str]) -> list[str]:
-    """Delete shard files of jobs no longer planned (e.g. after the dataset shrank)."""
+    """Delete shard files of jobs no longer planned (e.g. after the dataset shrank) and temporaries of killed
+    writes. Called once every job has finished."""
     removed = []
     for split in SPLITS:
+        removed += remove_orphaned_temporaries(out_dir / split)  # writes a killed run left half done
         for path in sorted((out_dir / split).glob(f"{split}-*")):
             if path.name.split(".")[0] not in keep:
                 path.unlink()

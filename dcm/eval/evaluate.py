@@ -9,6 +9,7 @@ Outputs in `evaluate.out_dir`: metrics.json (DVC metrics), quality.csv (DVC plot
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -17,16 +18,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dcm.config import DCMConfig
+from dcm.config import DCMConfig, config_to_dict
 from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError
 from dcm.eval.fidelity import psnr, saturation_stats, ssim
 from dcm.eval.judge import judge_many
 from dcm.eval.prompts import evaluation_prompts
 from dcm.eval.report import write_report
+from dcm.eval.row_cache import ROWS_DIR, load_row, row_fingerprint, save_row
 from dcm.eval.vbench_scores import vbench_scores
 from dcm.eval.vbench_weights import check_weights, stand_in_dimensions
-from dcm.io import write_json_atomic
+from dcm.io import remove_orphaned_temporaries, write_json_atomic
 from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.train.loop import resolve_device
@@ -70,48 +72,69 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
 
 
 def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
-                      on_result: Callable[[str, dict], None] | None = None) -> dict:
+                      on_result: Callable[[str, dict], None] | None = None, resume: bool = True) -> dict:
     """Teacher vs each student folder (name → DCMPipeline folder) on the same prompts and noise. Callers
-    check the vbench weights first (check_weights), before anything slow."""
+    check the vbench weights first (check_weights), before anything slow. With `resume`, rows a killed
+    run finished (same inputs, code and device) are reused from out/rows."""
+    from dcm.models.family import folder_hash
     from dcm.pipeline import DCMPipeline
-    from dcm.train.teacher import load_teacher
+    from dcm.train.teacher import load_teacher, teacher_content_hash
     ev, sampling = cfg.evaluate, cfg.teacher.sampling
     device = resolve_device(ev.device)
+    device_name = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
     prompts = evaluation_prompts(cfg)
     captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
-    teacher = load_teacher(cfg, device)
+    rows_dir = out / ROWS_DIR
+    inputs = {"prompts": prompts, "device": device_name, "seed": cfg.seed, "data": config_to_dict(cfg.data),
+              "schedule": config_to_dict(cfg.schedule), "judge": config_to_dict(cfg.judge),
+              "sampling": config_to_dict(sampling), "negative": cfg.teacher.negative_prompt,
+              "evaluate": {k: v for k, v in config_to_dict(ev).items()
+                           if k not in ("out_dir", "student_steps", "grid_prompts")}}
+
+    def measured(name: str, model_hash: str, make: Callable[[], torch.Tensor],
+                 reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
+        fingerprint = row_fingerprint(**inputs, row=name, model=model_hash)
+        cached = load_row(rows_dir, name, fingerprint) if resume else None
+        if cached is not None:
+            print(f"evaluate: {name} reused from {rows_dir} (finished by an earlier run with the same inputs)")
+            return cached
+        video, latency = _timed(make, ev.latency_repeats, len(prompts))
+        clips = video_to_clips(video)
+        row = {**score(cfg, clips, prompts, reference, name, device, out), "latency_s": latency}
+        save_row(rows_dir, name, fingerprint, row, clips)
+        return row, clips
+
+    teacher = functools.cache(lambda: load_teacher(cfg, device))  # loaded only if a row needs it
 
     def teacher_clips() -> torch.Tensor:
-        return generate(teacher, captions, seeds, cfg.data.frames, cfg.data.height, cfg.data.width,
+        return generate(teacher(), captions, seeds, cfg.data.frames, cfg.data.height, cfg.data.width,
                         sampling_sigmas(cfg.schedule, sampling.steps), sampling.guidance_scale,
                         cfg.teacher.negative_prompt, ev.batch_size)
 
-    video, teacher_latency = _timed(teacher_clips, ev.latency_repeats, len(prompts))
-    reference = video_to_clips(video)
-    rows = [{"model": "teacher", "steps": sampling.steps,
-             **score(cfg, reference, prompts, None, f"teacher_{sampling.steps}", device, out),
-             "latency_s": teacher_latency, "speedup": 1.0}]
+    teacher_row, reference = measured(f"teacher_{sampling.steps}", teacher_content_hash(cfg), teacher_clips, None)
+    rows = [{"model": "teacher", "steps": sampling.steps, **teacher_row, "speedup": 1.0}]
     samples = {f"teacher {sampling.steps}": reference}
     for name, folder in students.items():
-        pipe = DCMPipeline.from_pretrained(folder, device, detail_weights="merged")
+        model_hash = folder_hash(folder)
+        pipe = functools.cache(lambda folder=folder: DCMPipeline.from_pretrained(folder, device, detail_weights="merged"))
+
         for steps in ev.student_steps:
             def student_clips() -> torch.Tensor:
-                return pipe.videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
-                                   ev.batch_size)
+                return pipe().videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
+                                     ev.batch_size)
 
-            video, latency = _timed(student_clips, ev.latency_repeats, len(prompts))
-            clips = video_to_clips(video)
-            row = {"model": name, "steps": steps,
-                   **score(cfg, clips, prompts, reference, f"{name}_{steps}", device, out),
-                   "latency_s": latency, "speedup": teacher_latency / latency}
+            measured_row, clips = measured(f"{name}_{steps}", model_hash, student_clips, reference)
+            row = {"model": name, "steps": steps, **measured_row,
+                   "speedup": teacher_row["latency_s"] / measured_row["latency_s"]}
             rows.append(row)
             samples[f"{name} {steps}"] = clips
             if on_result:
                 on_result(f"{name}_{steps}", row)
     out.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(rows_dir)  # a row write a kill interrupted
     metrics = {f"{row['model']}_{row['steps']}": {k: v for k, v in row.items() if k not in ("model", "steps")}
                for row in rows}
-    metrics["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+    metrics["device"] = device_name
     metrics["prompts"] = len(prompts)
     # Scores from random stand-in weights (dcm/eval/vbench_weights.py) test the wiring and mean nothing.
     stand_ins = stand_in_dimensions(ev.vbench.dimensions)

@@ -28,9 +28,9 @@ class CogVideoXFamily(ScaledVAEFamily):
     def _load(cls, folder: Path, device: torch.device, dtype: torch.dtype, max_text_tokens: int) -> CogVideoXFamily:
         from transformers import AutoTokenizer, T5EncoderModel
         pipe = CogVideoXPipeline(
-            transformer=CogVideoXTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype),
-            vae=AutoencoderKLCogVideoX.from_pretrained(folder / "vae", torch_dtype=torch.float32),
-            text_encoder=T5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype),
+            transformer=CogVideoXTransformer3DModel.from_pretrained(folder / "transformer", use_safetensors=True, torch_dtype=dtype),
+            vae=AutoencoderKLCogVideoX.from_pretrained(folder / "vae", use_safetensors=True, torch_dtype=torch.float32),
+            text_encoder=T5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True, torch_dtype=dtype),
             tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
             scheduler=CogVideoXDDIMScheduler.from_pretrained(folder / "scheduler")).to(device)
         return cls(pipe.transformer, pipe.vae, {"pipeline": pipe}, max_text_tokens)

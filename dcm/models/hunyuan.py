@@ -29,11 +29,11 @@ class HunyuanFamily(ScaledVAEFamily):
     def _load(cls, folder: Path, device: torch.device, dtype: torch.dtype, max_text_tokens: int) -> HunyuanFamily:
         from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
         pipe = HunyuanVideoPipeline(
-            transformer=HunyuanVideoTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype),
-            vae=AutoencoderKLHunyuanVideo.from_pretrained(folder / "vae", torch_dtype=torch.float32),
-            text_encoder=LlamaModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype),
+            transformer=HunyuanVideoTransformer3DModel.from_pretrained(folder / "transformer", use_safetensors=True, torch_dtype=dtype),
+            vae=AutoencoderKLHunyuanVideo.from_pretrained(folder / "vae", use_safetensors=True, torch_dtype=torch.float32),
+            text_encoder=LlamaModel.from_pretrained(folder / "text_encoder", use_safetensors=True, torch_dtype=dtype),
             tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
-            text_encoder_2=CLIPTextModel.from_pretrained(folder / "text_encoder_2", torch_dtype=dtype),
+            text_encoder_2=CLIPTextModel.from_pretrained(folder / "text_encoder_2", use_safetensors=True, torch_dtype=dtype),
             tokenizer_2=AutoTokenizer.from_pretrained(folder / "tokenizer_2"),
             scheduler=FlowMatchEulerDiscreteScheduler()).to(device)
         return cls(pipe.transformer, pipe.vae, {"pipeline": pipe}, max_text_tokens)

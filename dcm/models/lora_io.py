@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from dcm.io import write_bytes_atomic
+
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 PREFIX = "transformer"  # the component prefix diffusers' loaders filter on
@@ -30,7 +32,22 @@ def save_adapter(transformer, folder: Path, adapter_name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({f"{PREFIX}.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}, folder / LORA_FILE,
               metadata=metadata)
+    sort_metadata(folder / LORA_FILE)
     return folder / LORA_FILE
+
+
+def sort_metadata(path: Path) -> None:
+    """safetensors writes `__metadata__` from a Rust HashMap, in an order that changes from process to
+    process; sort it in place so the same weights always give the same bytes (DVC and resume checks
+    compare them). The header keeps its length, so tensor offsets stay valid."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:
+        raise ValueError(f"{path}: the sorted safetensors header does not fit the original ({len(text)} > {size})")
+    write_bytes_atomic(path, data[:8] + text.ljust(size, b" ") + data[8 + size:])
 
 
 def save_modules(modules: dict[str, torch.nn.Module | torch.nn.Parameter], folder: Path) -> Path:

@@ -51,7 +51,7 @@ class ToyFamily(WanFamily):
 
     @classmethod
     def _load(cls, folder: Path, device: torch.device, dtype: torch.dtype, max_text_tokens: int) -> ToyFamily:
-        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
+        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", use_safetensors=True, torch_dtype=dtype).to(device)
         text = HashTextEncoder.from_pretrained(folder / "text_encoder")
         family = cls(transformer, PixelVAE.from_pretrained(folder / "vae"), {"encoder": text}, text.max_tokens)
         index = json.loads((folder / MODEL_INDEX).read_text())

@@ -22,9 +22,9 @@ class WanFamily(TeacherFamily):
     @classmethod
     def _load(cls, folder: Path, device: torch.device, dtype: torch.dtype, max_text_tokens: int) -> WanFamily:
         from transformers import AutoTokenizer, UMT5EncoderModel
-        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype).to(device)
-        vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=torch.float32).to(device)
-        text = {"encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype).to(device),
+        transformer = WanTransformer3DModel.from_pretrained(folder / "transformer", use_safetensors=True, torch_dtype=dtype).to(device)
+        vae = AutoencoderKLWan.from_pretrained(folder / "vae", use_safetensors=True, torch_dtype=torch.float32).to(device)
+        text = {"encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True, torch_dtype=dtype).to(device),
                 "tokenizer": AutoTokenizer.from_pretrained(folder / "tokenizer")}
         return cls(transformer, vae, text, max_text_tokens)
 

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dcm.errors import StageError
@@ -67,8 +68,9 @@ def save_checkpoint(folder: Path, step: int, modules: dict[str, torch.nn.Module 
     """Write step-N atomically, then drop all but the `keep` newest checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:08d}"
+    for orphan in folder.glob(f".tmp-{PREFIX}*"):  # a save that a kill interrupted; one writer per folder
+        shutil.rmtree(orphan, ignore_errors=True)
     tmp = folder / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, module in modules.items():
         weights = module if isinstance(module, dict) else checkpoint_weights(module)
@@ -119,6 +121,6 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizers:
                               json.loads((path / f"{name}.json").read_text()))
         generator.set_state(load_file(path / "rng.safetensors")["state"])
         return json.loads((path / STATE_FILE).read_text())
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
         raise StageError(f"checkpoint {path} is damaged ({type(error).__name__}: {error}); delete that folder "
                          "to resume from the one before it") from None

@@ -62,7 +62,7 @@ def build_student(cfg: DCMConfig, method: str, teacher, device: torch.device) ->
     if not semantic.is_dir():
         raise StageError(f"{semantic} not found: the detail stage starts from the semantic expert; run "
                          "distill_semantic first (dvc repro distill_semantic)")
-    transformer = type(teacher.transformer).from_pretrained(semantic, torch_dtype=torch.float32)
+    transformer = type(teacher.transformer).from_pretrained(semantic, use_safetensors=True, torch_dtype=torch.float32)
     student = Student(teacher, transformer, guidance=guidance)
     student.add_detail_expert(distill.detail_expert, teacher.detail_modules, distill.lora,
                               expert_threshold(cfg.schedule, distill.kappa))

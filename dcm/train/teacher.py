@@ -57,7 +57,12 @@ def load_teacher(cfg: DCMConfig, device: torch.device | str = "cpu", dtype: torc
     folder = Path(cfg.teacher.out_dir) / MODEL if cfg.teacher.family == "toy" else Path(cfg.teacher.path)
     if cfg.teacher.family == "toy" and not folder.is_dir():
         raise StageError(f"{folder} not found: run the teacher stage first (dvc repro teacher)")
-    return family_class(cfg.teacher.family).load(folder, cfg.teacher.max_text_tokens, device, dtype)
+    try:
+        return family_class(cfg.teacher.family).load(folder, cfg.teacher.max_text_tokens, device, dtype)
+    except OSError as error:  # diffusers/transformers: a missing or unreadable weights file
+        raise StageError(f"cannot load the {cfg.teacher.family} teacher from {folder}: {error}. dcm reads weights "
+                         "from .safetensors only, never pickled .bin/.pt files: convert them first (load with "
+                         "weights_only=True in a sandbox and save_pretrained(..., safe_serialization=True))") from None
 
 
 def teacher_content_hash(cfg: DCMConfig) -> str:
@@ -121,9 +126,11 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     scores, clips, prompts = judge_teacher(reloaded, cfg)
     tail = result.losses[-train_cfg.log_every:]
     metrics = {"final_loss": float(np.mean(tail)), **{f"judge_{k}": v for k, v in scores.items()}}
+    # What the model is, not how the run went: a resumed run writes the same bytes as an uninterrupted one.
     manifest = {"family": "toy", "path": MODEL, "content_hash": folder_hash(out / MODEL), "steps": result.steps,
-                "resumed_from": result.resumed_from, "metrics": metrics,
+                "metrics": metrics,
                 "sampling": cfg.teacher.sampling.model_dump(), "eval_prompts": len(prompts)}
     write_json_atomic(out / METRICS, metrics)
     write_json_atomic(out / MANIFEST, manifest)
-    return {"manifest": manifest, "metrics": metrics, "clips": clips, "prompts": prompts, "losses": result.losses}
+    return {"manifest": manifest, "metrics": metrics, "clips": clips, "prompts": prompts, "losses": result.losses,
+            "resumed_from": result.resumed_from}
