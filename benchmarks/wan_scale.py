@@ -42,16 +42,39 @@ WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim
 TEXT_TOKENS = 512
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def card(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run, not a figure)"
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+
+
 def timed(run, repeats: int) -> float:
     """Median seconds of `repeats` calls (after the caller's warm-up)."""
     seconds = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        synchronize()
         start = time.perf_counter()
         run()
-        torch.cuda.synchronize()
+        synchronize()
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
+
+
+def as_loaded(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast as from_pretrained(torch_dtype=dtype) does: the model's _keep_in_fp32_modules stay float32."""
+    model.to(dtype)
+    keep = {name for m in model.modules() for name in (getattr(m, "_keep_in_fp32_modules", None) or [])}
+    for name, module in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            module.float()
+    return model
 
 
 def merged_detail(student: Student) -> torch.nn.Module:
@@ -75,15 +98,18 @@ def main() -> None:
     parser.add_argument("--parts", default="sampling,detail")
     parser.add_argument("--compile", action="store_true", help="compile our transformers' blocks (regional)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--layers", type=int, default=WAN_1_3B["num_layers"], help="fewer for a smoke run")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path, not a figure")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    device = torch.device("cuda")
-    results: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "compile": args.compile,
+    config = {**WAN_1_3B, "num_layers": args.layers}
+    device = torch.device(args.device)
+    results: dict = {"card": card(device), "layers": args.layers, "torch": torch.__version__, "compile": args.compile,
                      "shape": {"frames": args.frames, "height": args.height, "width": args.width}}
     cfg = load_config(REPO / "params.yaml", args.overrides)
     torch.manual_seed(0)
     with device:  # initialise on the GPU: a 1.3B random init on the CPU takes minutes
-        base = WanTransformer3DModel(**WAN_1_3B).to(torch.bfloat16).eval().requires_grad_(False)
+        base = as_loaded(WanTransformer3DModel(**config), torch.bfloat16).eval().requires_grad_(False)
         vae_fp32 = AutoencoderKLWan().eval().requires_grad_(False)
     family = WanFamily(base, copy.deepcopy(vae_fp32).to(torch.bfloat16), {}, TEXT_TOKENS)
     latent_shape = (1, *family.latent_shape(args.frames, args.height, args.width))
@@ -102,7 +128,7 @@ def main() -> None:
     lora = LoraConfig(**{**cfg.distill.lora.model_dump(), "rank": args.lora_rank, "alpha": args.lora_rank})
     with_lora = Student(family, copy.deepcopy(base))
     with_lora.add_detail_expert("lora", family.detail_modules, lora, threshold)
-    with_lora.to(device=device, dtype=torch.bfloat16).eval().requires_grad_(False)
+    as_loaded(with_lora.to(device), torch.bfloat16).eval().requires_grad_(False)
     merged = merged_detail(with_lora)
     plain = Student(family, base)  # the semantic expert alone
 
@@ -120,7 +146,8 @@ def main() -> None:
         results["detail"] = detail
         print(json.dumps(detail, indent=1), flush=True)
     del with_lora
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     if "sampling" in args.parts:
         stock = WanPipeline(tokenizer=None, text_encoder=None, vae=vae_fp32, transformer=base,
@@ -146,7 +173,7 @@ def main() -> None:
         ours = DCMPipeline(family, student, info)
 
         def student_run():
-            return ours([""], num_inference_steps=args.student_steps, latents=noise.clone(), output_type="pt",
+            return ours(num_inference_steps=args.student_steps, latents=noise.clone(), output_type="pt",
                         prompt_embeds=cond).frames
 
         if args.compile:
@@ -154,7 +181,7 @@ def main() -> None:
             for model in (base, merged):
                 model.compile_repeated_blocks(fullgraph=True)
             student_run()
-            torch.cuda.synchronize()
+            synchronize()
             results["compile_s"] = time.perf_counter() - start
         student_run()
         forward_s = timed(lambda: plain.expert_velocity("semantic", noise, torch.full((1,), 0.9, device=device), cond),
@@ -166,7 +193,7 @@ def main() -> None:
             "teacher_stock_s": teacher_s, "teacher_steps": args.teacher_steps, "stock_vae_decode_fp32_s": stock_decode,
             "dcm_s": student_s, "dcm_steps": args.student_steps, "forward_s": forward_s, "vae_decode_bf16_s": decode_s,
             "floor_s": floor, "speedup": teacher_s / student_s, "dcm_vs_floor": student_s / floor,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+            "peak_memory_gib": peak_gib(device)}
         print(json.dumps(results["sampling"], indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

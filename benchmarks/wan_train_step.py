@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from wan_scale import TEXT_TOKENS, WAN_1_3B  # this folder's sampling benchmark: the same model config
+from wan_scale import TEXT_TOKENS, WAN_1_3B, as_loaded, card, peak_gib, synchronize  # this folder's sampling benchmark
 
 from dcm.config import load_config
 from dcm.models.dual_expert import Student
@@ -46,17 +46,19 @@ def forward_flops(tokens: int, text_tokens: int, layers: int, width: int, ffn: i
     return float(layers * per_layer)
 
 
-def matmul_ceiling(size: int = 8192, repeats: int = 20) -> float:
+def matmul_ceiling(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
     """bf16 TFLOP/s of a large square matmul: the ceiling MFU is measured against."""
-    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    if device.type != "cuda":
+        size, repeats = 512, 2
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    torch.cuda.synchronize()
+    synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
@@ -85,30 +87,34 @@ def synthetic_sample(latent_shape: tuple[int, ...], nodes: int) -> dict:
         "trajectory_nodes": torch.arange(nodes - 1, -1, -1)}}
 
 
-def measure(mode: str, args, base: torch.nn.Module, family: WanFamily, sample: dict, work: Path) -> dict:
+def measure(mode: str, args, base: torch.nn.Module, family: WanFamily, sample: dict, work: Path,
+            device: torch.device) -> dict:
     overrides = [*args.overrides, f"distill.teacher_mode={mode}", f"distill.semantic.steps={args.steps}",
                  "distill.semantic.batch_size=1", "distill.semantic.log_every=1", "distill.semantic.precision=bf16",
                  f"distill.semantic.checkpoint_every={args.steps}", "distill.semantic.prefetch=thread",
-                 "distill.semantic.gradient_checkpointing=true", "distill.semantic.device=cuda"]
+                 "distill.semantic.gradient_checkpointing=true", f"distill.semantic.device={device}"]
     cfg = load_config(REPO / "params.yaml", overrides)
     student = Student(family, copy.deepcopy(base).float())
     student.train_only("semantic")
-    uncond = {"embeds": torch.zeros(1, TEXT_TOKENS, 4096, device="cuda"),
-              "mask": torch.ones(1, TEXT_TOKENS, dtype=torch.bool, device="cuda")}
+    uncond = {"embeds": torch.zeros(1, TEXT_TOKENS, 4096, device=device),
+              "mask": torch.ones(1, TEXT_TOKENS, dtype=torch.bool, device=device)}
     method = ConsistencyDistillation(student, family, cfg, "semantic", uncond,
                                      stored_nodes=list(range(cfg.schedule.euler_nodes)))
     stamps: list[float] = []
 
     def on_log(step: int, logs: dict) -> None:
-        torch.cuda.synchronize()
+        synchronize()
         stamps.append(time.perf_counter())
 
-    torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     train(method, RepeatedBatch(sample), cfg.distill.semantic, work / mode, cfg.seed, on_log=on_log)
     times = [b - a for a, b in zip(stamps[:-1], stamps[1:])][1:]  # the first steps warm up
     del method, student
-    torch.cuda.empty_cache()
-    return {"step_s": statistics.median(times), "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+    peak = peak_gib(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"step_s": statistics.median(times), "peak_memory_gib": peak,
             "steps_timed": len(times)}
 
 
@@ -120,25 +126,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--modes", default="online,trajectory")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--layers", type=int, default=WAN_1_3B["num_layers"], help="fewer for a smoke run")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path, not a figure")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    config = {**WAN_1_3B, "num_layers": args.layers}
     torch.manual_seed(0)
-    with torch.device("cuda"):  # initialise on the GPU: a 1.3B random init on the CPU takes minutes
-        base = WanTransformer3DModel(**WAN_1_3B).to(torch.bfloat16).requires_grad_(False)
+    device = torch.device(args.device)
+    with device:  # initialise on the GPU: a 1.3B random init on the CPU takes minutes
+        base = as_loaded(WanTransformer3DModel(**config), torch.bfloat16).requires_grad_(False)
         vae = AutoencoderKLWan().requires_grad_(False)  # its config gives the latent shape; training never decodes
     family = WanFamily(base, vae, {}, TEXT_TOKENS)
     latent_shape = family.latent_shape(args.frames, args.height, args.width)
     tokens = latent_shape[1] * (latent_shape[2] // 2) * (latent_shape[3] // 2)
-    flops = forward_flops(tokens, TEXT_TOKENS, WAN_1_3B["num_layers"],
-                          WAN_1_3B["num_attention_heads"] * WAN_1_3B["attention_head_dim"], WAN_1_3B["ffn_dim"])
-    ceiling = matmul_ceiling()
-    results = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "latents": list(latent_shape),
+    flops = forward_flops(tokens, TEXT_TOKENS, config["num_layers"],
+                          config["num_attention_heads"] * config["attention_head_dim"], config["ffn_dim"])
+    ceiling = matmul_ceiling(device)
+    results = {"card": card(device), "layers": args.layers, "torch": torch.__version__, "latents": list(latent_shape),
                "tokens": tokens, "forward_tflop": flops / 1e12, "bf16_matmul_ceiling_tflops": ceiling}
     print(json.dumps(results), flush=True)
     sample = synthetic_sample(latent_shape, load_config(REPO / "params.yaml", args.overrides).schedule.euler_nodes)
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
-            measured = measure(mode, args, base, family, sample, Path(tmp))
+            measured = measure(mode, args, base, family, sample, Path(tmp), device)
             model_flops = (6 if mode == "online" else 4) * flops
             measured["model_tflops_per_step"] = model_flops / 1e12
             measured["mfu"] = model_flops / measured["step_s"] / (ceiling * 1e12)

@@ -166,6 +166,7 @@ class TrainConfig(Strict):
     device: str  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"]  # bf16 = autocast on CUDA; weights and optimiser stay fp32
     compile: Literal["none", "blocks"]  # blocks: torch.compile each repeated transformer block in place
+    gradient_checkpointing: bool  # recompute block activations in backward: memory for time (large models)
 
 
 class ToyModelConfig(Strict):

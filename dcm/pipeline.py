@@ -100,10 +100,16 @@ class DCMPipeline:
 
     # -- generating ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], num_inference_steps: int = 4, generator: torch.Generator | None = None,
-                 height: int | None = None, width: int | None = None, num_frames: int | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "np") -> DCMPipelineOutput:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    def __call__(self, prompt: str | list[str] | None = None, num_inference_steps: int = 4,
+                 generator: torch.Generator | None = None, height: int | None = None, width: int | None = None,
+                 num_frames: int | None = None, latents: torch.Tensor | None = None, output_type: str = "np",
+                 prompt_embeds: dict[str, torch.Tensor] | None = None) -> DCMPipelineOutput:
+        """prompt_embeds: the family's encode_prompts output, computed once and reused (then `prompt` is
+        not needed); text encoding is the one cost a few-step sampler cannot amortise."""
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("pass a prompt or prompt_embeds")
+        prompts = ([prompt] if isinstance(prompt, str) else list(prompt)) if prompt_embeds is None else \
+            [""] * len(next(iter(prompt_embeds.values())))
         defaults = self.info["defaults"]
         frames, height, width = num_frames or defaults["frames"], height or defaults["height"], width or defaults["width"]
         shape = (len(prompts), *self.family.latent_shape(frames, height, width))
@@ -113,7 +119,8 @@ class DCMPipeline:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape} for {len(prompts)} prompts of "
                              f"{frames}×{height}×{width}")
         x = latents.to(self.device, torch.float32)
-        cond = self.family.encode_prompts(prompts)
+        cond = self.family.encode_prompts(prompts) if prompt_embeds is None else \
+            {k: v.to(self.device) for k, v in prompt_embeds.items()}
         sigmas = inference_sigmas(self.schedule, num_inference_steps, self.edges).to(self.device)
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             velocity = self.student(x, sigma.expand(len(prompts)).float(), cond)

@@ -164,3 +164,15 @@ def test_precompute_refuses_a_teacher_that_gives_non_finite_latents(tmp_path, ma
     with pytest.raises(StageError, match=r"non-finite.*latents"):
         run_precompute_stage(cfg)
     assert not (Path(cfg.precompute.dir) / "manifest.json").exists()
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(make_config):
+    cfg = make_config(*TINY_TEACHER, "teacher.toy.train.lr=1e30", "teacher.toy.train.warmup_steps=0",
+                      "teacher.toy.train.checkpoint_every=1", "teacher.toy.train.grad_clip=1e30")
+    run_shard_stage(cfg)
+    with pytest.raises(StageError, match=r"became (nan|inf).*at step \d+; the last good checkpoint .* is kept"):
+        run_teacher_stage(cfg)
+    last = latest_checkpoint(Path(cfg.teacher.checkpoint_dir))
+    assert last is not None
+    weights = load_tensors((last / "model.safetensors").read_bytes())
+    assert all(torch.isfinite(value).all() for value in weights.values())  # nothing non-finite was saved

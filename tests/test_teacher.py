@@ -32,6 +32,14 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(tmp_path, make_conf
     assert resumed["losses"] == straight["losses"] and len(straight["losses"]) == 4
 
 
+def test_gradient_checkpointing_trades_memory_for_time_and_changes_nothing(tmp_path, make_config, tiny):
+    straight = run_teacher_stage(tiny)
+    recomputed = run_teacher_stage(make_config(*TINY_TEACHER, f"teacher.out_dir={tmp_path / 't2'}",
+                                               f"teacher.checkpoint_dir={tmp_path / 'c2'}",
+                                               "teacher.toy.train.gradient_checkpointing=true"))
+    assert recomputed["losses"] == pytest.approx(straight["losses"], rel=1e-6)
+
+
 def test_output_is_a_diffusers_folder_with_judge_metrics(tiny):
     result = run_teacher_stage(tiny)
     folder = tiny.teacher.out_dir + "/model"

@@ -56,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
 
 # Train settings that may change between a run and its resumption: how long, how often, where.
 RUN_ONLY = ("steps", "time_limit_s", "checkpoint_every", "keep_checkpoints", "log_every", "device", "prefetch",
-            "prefetch_batches", "compile")
+            "prefetch_batches", "compile", "gradient_checkpointing")
 
 
 def training_fingerprint(cfg: TrainConfig, **inputs) -> str:
@@ -91,6 +91,16 @@ def compile_blocks(module: nn.Module) -> None:
     module.compile_repeated_blocks()
 
 
+def enable_gradient_checkpointing(module: nn.Module) -> None:
+    """Every diffusers model inside `module` (the student's experts) recomputes its blocks in backward."""
+    models = [m for m in module.modules() if getattr(m, "_supports_gradient_checkpointing", False)]
+    if not models:
+        raise StageError(f"train.gradient_checkpointing needs a diffusers model; {type(module).__name__} holds none: "
+                         "set it to false")
+    for model in models:
+        model.enable_gradient_checkpointing()
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
@@ -114,6 +124,8 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.decay))
     ema = copy.deepcopy(method.module).requires_grad_(False) if cfg.ema_decay > 0 else None
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(method.module)
     if cfg.compile == "blocks":  # after the EMA copy: the copy stays a plain module
         compile_blocks(method.module)
     generator = torch.Generator().manual_seed(seed)
