@@ -98,6 +98,16 @@ class DCMPipeline:
             student.detail_transformer = transformer_class.from_pretrained(detail / "transformer", use_safetensors=True, torch_dtype=dtype).to(device)
         return cls(family, student.eval(), info)
 
+    def compile(self, decoder_recompile_limit: int = 64) -> None:
+        """torch.compile the repeated blocks of both experts (regional: the compile cost is one block's)
+        and the VAE decoder. The first call after this pays the compilation (BENCHMARKS.md lists it)."""
+        experts = [self.student.transformer] + ([self.student.detail_transformer]
+                                                 if self.student.detail_transformer is not None else [])
+        for expert in experts:
+            if getattr(expert, "_repeated_blocks", None):
+                expert.compile_repeated_blocks(fullgraph=True)
+        self.family.compile_decoder(decoder_recompile_limit)
+
     # -- generating ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, num_inference_steps: int = 4,
@@ -127,11 +137,11 @@ class DCMPipeline:
             x = euler_step(x, velocity.float(), sigma, sigma_next)
         if output_type == "latent":
             return DCMPipelineOutput(frames=x)
-        video = ((self.family.decode_latents(x).float().cpu() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
-        if output_type == "pt":
+        video = ((self.family.decode_latents(x).float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
+        if output_type == "pt":  # left on the pipeline's device, as diffusers pipelines do
             return DCMPipelineOutput(frames=video)
         if output_type == "np":
-            return DCMPipelineOutput(frames=video.numpy())
+            return DCMPipelineOutput(frames=video.cpu().numpy())
         raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
 
 
@@ -147,7 +157,7 @@ class DCMPipeline:
             noise = seeded_noise(seeds[start:start + batch_size], shape, torch.device("cpu"))
             out = self(prompts[start:start + batch_size], num_inference_steps=steps, num_frames=frames, height=height,
                        width=width, latents=noise, output_type="pt").frames
-            parts.append(out.permute(0, 4, 1, 2, 3) * 2 - 1)
+            parts.append((out.permute(0, 4, 1, 2, 3) * 2 - 1).cpu())  # many clips: collect them off the GPU
         return torch.cat(parts)
 
 

@@ -111,6 +111,18 @@ class TeacherFamily:
         """Rectified-flow velocity (eps − x0) at per-sample sigmas; `guidance` only for embedded guidance."""
         raise NotImplementedError
 
+    def compile_decoder(self, recompile_limit: int) -> None:
+        """torch.compile the VAE's decoder as one graph. Causal video VAEs (Wan, Hunyuan, CogVideoX)
+        decode frame chunk by chunk with a feature cache, so each chunk position is its own static
+        graph: dynamo must be allowed that many recompiles. Measured on an H200 for Wan at 81×480×832:
+        1.84 s → 1.22 s per decode (BENCHMARKS.md)."""
+        decoder = getattr(self.vae, "decoder", None)
+        if decoder is None:
+            return  # no separate decoder module (the toy's pixel VAE): nothing worth compiling
+        import torch._dynamo
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+        decoder.forward = torch.compile(type(decoder).forward.__get__(decoder), dynamic=False)
+
     # -- features ------------------------------------------------------------------------------------
     def blocks(self) -> list[nn.Module]:
         return [block for name in self.block_lists for block in getattr(self.transformer, name)]

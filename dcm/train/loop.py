@@ -83,12 +83,14 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 
 def compile_blocks(module: nn.Module) -> None:
-    """Compile each repeated block in place (diffusers' regional compilation): state-dict keys stay as
-    they are, and the compile cost is one block's, not the whole model's."""
-    if not getattr(module, "_repeated_blocks", None):
+    """Compile each repeated block of every diffusers model inside `module` in place (diffusers'
+    regional compilation): state-dict keys stay as they are, and the compile cost is one block's."""
+    models = [m for m in module.modules() if getattr(m, "_repeated_blocks", None)]
+    if not models:
         raise StageError(f"train.compile=blocks needs a diffusers model with repeated blocks; "
-                         f"{type(module).__name__} has none: set compile to none")
-    module.compile_repeated_blocks()
+                         f"{type(module).__name__} holds none: set compile to none")
+    for model in models:
+        model.compile_repeated_blocks()
 
 
 def enable_gradient_checkpointing(module: nn.Module) -> None:
