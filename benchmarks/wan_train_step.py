@@ -3,6 +3,7 @@ utilisation against the bf16 matmul ceiling measured in the same run, teacher on
 trajectories. One GPU; random-init weights of the real architecture (timing does not depend on them).
 
     python benchmarks/wan_train_step.py [--frames 81 --height 480 --width 832] [--steps 6] [--json out.json]
+    torchrun --nproc_per_node 2 benchmarks/wan_train_step.py ...   # data parallel, one sample per GPU
 
 The step is the project's own: dcm.train.loop.train running ConsistencyDistillation("semantic") on a
 Student around a WanTransformer3DModel, bf16 autocast, fp32 master weights, fused AdamW, gradient
@@ -35,6 +36,7 @@ from dcm.config import load_config
 from dcm.models.dual_expert import Student
 from dcm.models.wan import WanFamily
 from dcm.train.consistency import ConsistencyDistillation
+from dcm.train.distributed import init_from_env, rank_and_world
 from dcm.train.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,8 +91,9 @@ def synthetic_sample(latent_shape: tuple[int, ...], nodes: int) -> dict:
 
 def measure(mode: str, args, base: torch.nn.Module, family: WanFamily, sample: dict, work: Path,
             device: torch.device) -> dict:
+    _, world = rank_and_world()
     overrides = [*args.overrides, f"distill.teacher_mode={mode}", f"distill.semantic.steps={args.steps}",
-                 "distill.semantic.batch_size=1", "distill.semantic.log_every=1", "distill.semantic.precision=bf16",
+                 f"distill.semantic.batch_size={world}", "distill.semantic.log_every=1", "distill.semantic.precision=bf16",
                  f"distill.semantic.checkpoint_every={args.steps}", "distill.semantic.prefetch=thread",
                  "distill.semantic.gradient_checkpointing=true", f"distill.semantic.device={device}"]
     cfg = load_config(REPO / "params.yaml", overrides)
@@ -131,8 +134,9 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     config = {**WAN_1_3B, "num_layers": args.layers}
+    rank, world = init_from_env()
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if args.device == "cuda" else args.device)
     with device:  # initialise on the GPU: a 1.3B random init on the CPU takes minutes
         base = as_loaded(WanTransformer3DModel(**config), torch.bfloat16).requires_grad_(False)
         vae = AutoencoderKLWan().requires_grad_(False)  # its config gives the latent shape; training never decodes
@@ -142,9 +146,10 @@ def main() -> None:
     flops = forward_flops(tokens, TEXT_TOKENS, config["num_layers"],
                           config["num_attention_heads"] * config["attention_head_dim"], config["ffn_dim"])
     ceiling = matmul_ceiling(device)
-    results = {"card": card(device), "layers": args.layers, "torch": torch.__version__, "latents": list(latent_shape),
+    results = {"card": card(device), "gpus": world, "per_gpu_batch": 1, "layers": args.layers, "torch": torch.__version__, "latents": list(latent_shape),
                "tokens": tokens, "forward_tflop": flops / 1e12, "bf16_matmul_ceiling_tflops": ceiling}
-    print(json.dumps(results), flush=True)
+    if rank == 0:
+        print(json.dumps(results), flush=True)
     sample = synthetic_sample(latent_shape, load_config(REPO / "params.yaml", args.overrides).schedule.euler_nodes)
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
@@ -153,10 +158,11 @@ def main() -> None:
             measured["model_tflops_per_step"] = model_flops / 1e12
             measured["mfu"] = model_flops / measured["step_s"] / (ceiling * 1e12)
             results[mode] = measured
-            print(mode, json.dumps(measured), flush=True)
+            if rank == 0:
+                print(mode, json.dumps(measured), flush=True)
     if "online" in results and "trajectory" in results:
         results["trajectory_saving"] = 1 - results["trajectory"]["step_s"] / results["online"]["step_s"]
-    if args.json:
+    if args.json and rank == 0:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 

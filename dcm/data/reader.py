@@ -81,11 +81,11 @@ def decode_sample(raw: dict) -> dict:
 
 
 def make_dataset(shard_dir: str | Path, split: str, *, shuffle_buffer: int = 0, seed: int = 0,
-                 resample: bool = False, decode=decode_sample) -> wds.WebDataset:
+                 resample: bool = False, decode=decode_sample, split_by_rank: bool = True) -> wds.WebDataset:
     """An iterable of decoded samples.
 
-    Each rank (RANK/WORLD_SIZE or torch.distributed) and each DataLoader worker reads a disjoint
-    subset of shards. `resample=True` draws shards with replacement forever: the mode for training
+    Each rank (RANK/WORLD_SIZE or torch.distributed; unless `split_by_rank=False`) and each DataLoader
+    worker reads a disjoint subset of shards. `resample=True` draws shards with replacement forever: the mode for training
     with a fixed number of steps, where every rank must see the same number of batches. `decode=None`
     yields the raw tar members (cheap to skip over when resuming).
     """
@@ -93,7 +93,7 @@ def make_dataset(shard_dir: str | Path, split: str, *, shuffle_buffer: int = 0, 
     if not files:
         raise ValueError(f"split {split!r} in {shard_dir} has no samples")
     dataset = wds.WebDataset(files, resampled=resample, shardshuffle=False if resample or not shuffle_buffer
-                             else len(files), nodesplitter=wds.split_by_node,
+                             else len(files), nodesplitter=wds.split_by_node if split_by_rank else None,
                              workersplitter=wds.split_by_worker, seed=seed, empty_check=False)
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, rng=random.Random(seed))

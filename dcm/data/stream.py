@@ -31,8 +31,9 @@ class SampleStream:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
     def _epoch(self) -> Iterator[dict]:
+        # Every rank reads the same stream: the data-parallel loop slices each batch (train/distributed.py).
         raw = make_dataset(self.shard_dir, self.split, shuffle_buffer=self.shuffle_buffer,
-                           seed=self.seed * 100_003 + self.epoch, decode=None)
+                           seed=self.seed * 100_003 + self.epoch, decode=None, split_by_rank=False)
         for sample in islice(raw, self.offset, None):
             self.offset += 1
             decoded = self.decode(sample)

@@ -15,7 +15,7 @@ def heldout_prompts(shard_dir: str | Path, count: int) -> list[dict]:
     """`count` val samples, those whose colour+shape pair never appeared in training first, topped up
     with the other val samples when there are too few. Each entry: caption, ground truth, seed."""
     heldout, others = [], []
-    for number, sample in enumerate(make_dataset(shard_dir, "val")):
+    for number, sample in enumerate(make_dataset(shard_dir, "val", split_by_rank=False)):  # the same on every rank
         meta = sample["meta"]
         entry = {"caption": sample["caption"], "seed": int(meta.get("index", number)),
                  "heldout": bool(meta.get("heldout")),

@@ -14,6 +14,7 @@ from dcm.config import DCMConfig
 from dcm.losses import feature_matching, hinge_discriminator, hinge_generator
 from dcm.models.discriminator import Discriminator
 from dcm.schedule import add_noise, euler_nodes
+from dcm.train.distributed import average_gradients, mean_across
 from dcm.train.loop import device_generator
 
 
@@ -43,11 +44,14 @@ class AdversarialLoss:
                                   if self.teacher.guidance == "embedded" else None)
         return [feature.float() for feature in captured]
 
-    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor, cond: dict, generator: torch.Generator):
+    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor, cond: dict, generator: torch.Generator,
+                       total: int, part: slice):
+        """pred/target: this process's `part` of a batch of `total` (draws are made for all of it)."""
         distill, device = self.cfg.distill, pred.device
-        pick = torch.randint(len(self.detail_sigmas), (pred.shape[0],), generator=generator)
+        pick = torch.randint(len(self.detail_sigmas), (total,), generator=generator)[part]
         sigma = self.detail_sigmas[pick].to(device)
-        noise = torch.randn(pred.shape, generator=device_generator(generator, device), device=device)
+        noise = torch.randn((total, *pred.shape[1:]), generator=device_generator(generator, device),
+                            device=device)[part]
         grid = self.teacher.token_grid(tuple(pred.shape))
         fake = self.features(add_noise(pred, noise, sigma), sigma, cond)
         with torch.no_grad():
@@ -66,5 +70,6 @@ class AdversarialLoss:
         self.optimizer.zero_grad(set_to_none=True)  # also drops grads the generator loss left on the heads
         loss = hinge_discriminator(self.discriminator(real, grid), self.discriminator(fake, grid))
         loss.backward()
+        average_gradients(self.discriminator.parameters())  # data parallel: the whole batch's gradient
         self.optimizer.step()
-        return {"d_hinge": loss.item()}
+        return {"d_hinge": mean_across(loss.detach()).item()}

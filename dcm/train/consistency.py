@@ -22,6 +22,7 @@ from dcm.models.dual_expert import Student
 from dcm.sampling import expand_uncond, guided_velocity
 from dcm.schedule import END, add_noise, euler_nodes, segment_edges, target_node, training_nodes
 from dcm.train.adversarial import AdversarialLoss
+from dcm.train.distributed import local_slice
 from dcm.train.loop import device_generator, ema_update
 
 
@@ -66,8 +67,10 @@ class ConsistencyDistillation:
     def sigma(self, nodes: torch.Tensor) -> torch.Tensor:
         return self.table[nodes + 1].to(self.device)
 
-    def draw_points(self, batch: list[dict], nodes: torch.Tensor, generator: torch.Generator):
-        """(x_n, x_{n−1}) for each sample: the teacher's Euler step (online) or the stored solve."""
+    def draw_points(self, batch: list[dict], nodes: torch.Tensor, generator: torch.Generator, total: int,
+                    part: slice):
+        """(x_n, x_{n−1}) for each sample of this process's `part` of a batch of `total`: the teacher's
+        Euler step (online) or the stored solve."""
         cond = text_condition(batch, self.device)
         if self.cfg.distill.teacher_mode == "trajectory":
             x_n, x_prev = [], []
@@ -78,7 +81,8 @@ class ConsistencyDistillation:
                 x_prev.append(tensors["trajectory_x0"] if node - 1 == END else tensors["trajectory"][position[node - 1]])
             return torch.stack(x_n).to(self.device), torch.stack(x_prev).to(self.device), cond
         latents = stack(batch, "latents", self.device)
-        noise = torch.randn(latents.shape, generator=device_generator(generator, self.device), device=self.device)
+        noise = torch.randn((total, *latents.shape[1:]), generator=device_generator(generator, self.device),
+                            device=self.device)[part]
         x_n = add_noise(latents, noise, self.sigma(nodes))
         with torch.no_grad():
             velocity = guided_velocity(self.teacher, x_n, self.sigma(nodes), cond,
@@ -88,10 +92,10 @@ class ConsistencyDistillation:
 
     def loss(self, batch: list[dict], generator: torch.Generator):
         distill = self.cfg.distill
-        pick = torch.randint(len(self.nodes), (len(batch),), generator=generator)
-        nodes = self.nodes[pick]
+        count, part = len(batch), local_slice(len(batch))  # draws for all `count` samples, work on `part`
+        nodes = self.nodes[torch.randint(len(self.nodes), (count,), generator=generator)][part]
         edges = torch.tensor([target_node(n, self.edges) for n in nodes.tolist()])
-        x_n, x_prev, cond = self.draw_points(batch, nodes, generator)
+        x_n, x_prev, cond = self.draw_points(batch[part], nodes, generator, count, part)
         sigma_n, sigma_prev, sigma_e = self.sigma(nodes), self.sigma(nodes - 1), self.sigma(edges)
 
         pred = x_n + per_sample(sigma_e - sigma_n, x_n) * self.module(x_n, sigma_n, cond).float()
@@ -109,7 +113,7 @@ class ConsistencyDistillation:
         total = consistency + distill.tc_weight * coherence
         logs = {"consistency": consistency.item(), "temporal_coherence": coherence.item()}
         if self.adversarial is not None:
-            adversarial, adv_logs = self.adversarial.generator_loss(pred, target, cond, generator)
+            adversarial, adv_logs = self.adversarial.generator_loss(pred, target, cond, generator, count, part)
             total = total + adversarial
             logs |= adv_logs
         return total, logs

@@ -31,6 +31,7 @@ from dcm.precompute import EMPTY_PROMPT
 from dcm.precompute import MANIFEST as PRECOMPUTE_MANIFEST
 from dcm.schedule import expert_threshold, segment_edges
 from dcm.train.consistency import ConsistencyDistillation
+from dcm.train.distributed import rank_and_world
 from dcm.train.loop import resolve_device, train, training_fingerprint
 from dcm.train.teacher import load_teacher, teacher_content_hash
 
@@ -160,6 +161,8 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
         raise StageError(f"{method} distillation stopped at step {result.steps} of {train_cfg.steps} (time limit or "
                          f"stop request); its checkpoint is in {Path(distill.checkpoint_dir) / method}: run the stage "
                          "again to continue")
+    if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
+        return {"losses": result.losses, "steps": result.steps, "resumed_from": result.resumed_from}
     final = result.ema or student
     if method == "semantic" and distill.semantic_weights == "lora":
         final.merge_semantic_lora()

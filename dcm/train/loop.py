@@ -5,7 +5,8 @@ A method supplies `module` (what trains: its parameters with requires_grad) and 
 -> (loss, logs)`; optionally `after_step() -> logs` (run after the optimiser step, e.g. a discriminator
 step) and `state_modules()` / `state_optimizers()`, extra state that checkpoints carry. Every random
 draw goes through the single `generator`, which is checkpointed, so a run stopped at step k and
-resumed reproduces an uninterrupted run's loss sequence exactly on CPU.
+resumed reproduces an uninterrupted run's loss sequence exactly on CPU. Under torchrun the loop is data
+parallel (dcm/train/distributed.py): methods draw for the whole batch and compute their slice of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dcm.config import TrainConfig
 from dcm.errors import StageError
 from dcm.io import sha256_json
 from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint, supersede
+from dcm.train.distributed import average_gradients, barrier, mean_across, rank_and_world
 from dcm.train.prefetch import Prefetcher, prefetch_kind
 
 
@@ -136,13 +138,16 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     optimizers = {"optimizer": optimizer, **getattr(method, "state_optimizers", dict)()}
     after_step = getattr(method, "after_step", None)
     result = TrainResult(steps=0)
+    rank, _ = rank_and_world()
     latest = latest_checkpoint(checkpoint_dir)
     previous = read_state(latest).get("fingerprint", "unknown") if latest is not None else fingerprint
     if previous != fingerprint:
         # Trained under other settings or data: continuing would silently ignore the change.
-        moved = supersede(checkpoint_dir, str(previous)[:12])
-        print(f"checkpoints in {checkpoint_dir} were trained with other settings; moved to {moved}, starting anew")
+        if rank == 0:
+            moved = supersede(checkpoint_dir, str(previous)[:12])
+            print(f"checkpoints in {checkpoint_dir} were trained with other settings; moved to {moved}, starting anew")
         latest = None
+    barrier()
     if latest is not None:
         state = load_checkpoint(latest, modules, optimizers, generator)
         scheduler.load_state_dict(state["scheduler"])
@@ -151,10 +156,12 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
         result.losses = list(state["losses"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
 
-    def checkpoint() -> None:
-        save_checkpoint(checkpoint_dir, result.steps, modules, optimizers, generator,
-                        {"stream": batches.consumed_state, "losses": result.losses,
-                         "scheduler": scheduler.state_dict(), "fingerprint": fingerprint}, cfg.keep_checkpoints)
+    def checkpoint() -> None:  # every rank holds the same state: rank 0 writes it
+        if rank == 0:
+            save_checkpoint(checkpoint_dir, result.steps, modules, optimizers, generator,
+                            {"stream": batches.consumed_state, "losses": result.losses,
+                             "scheduler": scheduler.state_dict(), "fingerprint": fingerprint}, cfg.keep_checkpoints)
+        barrier()
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
     batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches, prefetch_kind(cfg.prefetch, device.type))
@@ -166,9 +173,10 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                 loss, logs = method.loss(batch, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(trainable)  # data parallel: every rank now holds the whole batch's gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             # One host sync per step for both guards (each sync stalls the GPU queue).
-            loss_value, norm_value = torch.stack([loss.detach().float(), grad_norm.float()]).tolist()
+            loss_value, norm_value = torch.stack([mean_across(loss.detach().float()), grad_norm.float()]).tolist()
             if not math.isfinite(loss_value) or not math.isfinite(norm_value):
                 what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {norm_value}"
                 raise StageError(f"{what} at step {result.steps + 1}; the last good checkpoint in {checkpoint_dir} "

@@ -28,6 +28,7 @@ from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
 from dcm.schedule import add_noise, sample_training_sigmas, sampling_sigmas
+from dcm.train.distributed import local_slice, rank_and_world
 from dcm.train.loop import device_generator, resolve_device, train, training_fingerprint
 
 MANIFEST, METRICS, MODEL = "manifest.json", "metrics.json", "model"
@@ -40,13 +41,15 @@ class FlowMatchingPretraining:
         self.teacher, self.cfg, self.module = teacher, cfg, teacher.transformer
 
     def loss(self, batch: list[dict], generator: torch.Generator):
-        toy, device = self.cfg.teacher.toy, next(self.module.parameters()).device
+        """Draws for the whole batch, computed on this process's slice (all of it without torchrun)."""
+        toy, device, part = self.cfg.teacher.toy, next(self.module.parameters()).device, local_slice(len(batch))
         drop = (torch.rand(len(batch), generator=generator) < toy.caption_dropout).tolist()
-        captions = [self.cfg.teacher.negative_prompt if d else s["caption"] for s, d in zip(batch, drop)]
-        latents = self.teacher.encode_video(clips_to_video(np.stack([s["clip"] for s in batch])).to(device))
-        noise = torch.randn(latents.shape, generator=device_generator(generator, device), device=device)
+        captions = [self.cfg.teacher.negative_prompt if d else s["caption"] for s, d in zip(batch, drop)][part]
+        latents = self.teacher.encode_video(clips_to_video(np.stack([s["clip"] for s in batch[part]])).to(device))
+        noise = torch.randn((len(batch), *latents.shape[1:]), generator=device_generator(generator, device),
+                            device=device)[part]
         sigma = sample_training_sigmas(len(batch), self.cfg.schedule, generator, toy.logit_mean, toy.logit_std)
-        sigma = sigma.float().to(device)
+        sigma = sigma[part].float().to(device)
         prediction = self.teacher.velocity(add_noise(latents, noise, sigma), sigma,
                                            self.teacher.encode_prompts(captions))
         return F.mse_loss(prediction.float(), (noise - latents).float()), {}
@@ -117,6 +120,8 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     if result.stopped_early:
         raise StageError(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
                          f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to continue")
+    if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
+        return {"losses": result.losses, "resumed_from": result.resumed_from}
     tmp = out / f".tmp-{MODEL}"
     shutil.rmtree(tmp, ignore_errors=True)
     teacher.save_pretrained(tmp, transformer=result.ema or teacher.transformer)  # ship the EMA weights

@@ -1,0 +1,46 @@
+"""Data parallelism: two gloo processes under torchrun take exactly the steps one process takes on the
+same global batch (every stage's loss sequence, up to float summation order)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dcm.data.sharding import run_shard_stage
+from dcm.train.distill import run_distill_stage
+from dcm.train.teacher import run_teacher_stage
+from tests.conftest import REPO, TINY_TEACHER
+
+WORKER = REPO / "tests" / "ddp_worker.py"
+
+
+def two_processes(method: str, overrides: list[str], out) -> list[float]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(WORKER), str(REPO / "params.yaml"), method, str(out), *overrides]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["world"] == 2 and record["share"] * 2 == record["batch"]  # each computed half the batch
+    return record["losses"]
+
+
+def test_teacher_pretraining(make_config, tmp_path):
+    one = make_config(*TINY_TEACHER)
+    run_shard_stage(one)
+    single = run_teacher_stage(one)["losses"]
+    overrides = [f"shard.dir={one.shard.dir}", f"teacher.out_dir={tmp_path / 'ddp'}",
+                 f"teacher.checkpoint_dir={tmp_path / 'ddp-ckpt'}", *TINY_TEACHER]
+    assert two_processes("teacher", overrides, tmp_path / "losses.json") == pytest.approx(single, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["semantic", "detail"])
+def test_distillation_stages(config, prepared, tmp_path, method):
+    cfg = config()
+    if method == "detail":
+        run_distill_stage(cfg, "semantic")
+    single = run_distill_stage(cfg, method)["losses"]
+    overrides = [*prepared, f"distill.out_dir={cfg.distill.out_dir}", f"distill.checkpoint_dir={tmp_path / 'ddp'}"]
+    assert two_processes(method, overrides, tmp_path / "losses.json") == pytest.approx(single, rel=1e-4)
