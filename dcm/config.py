@@ -111,6 +111,7 @@ class ShardConfig(Strict):
     samples_per_shard: int = Field(ge=1)  # shapes: clips per shard
     videos_per_shard: int = Field(ge=1)  # real videos: input files per shard
     workers: int = Field(ge=1)
+    engine: Literal["threads", "dask"]  # Prefect task runner: a thread pool, or a local Dask cluster of processes
     png_compression: int = Field(ge=0, le=9)
 
 

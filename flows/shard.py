@@ -74,11 +74,20 @@ def shard_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None = 
     return {"manifest": manifest, "metrics": metrics, "run_id": run.run_id}
 
 
+def task_runner(cfg: DCMConfig):
+    """`shard.workers` writers on the engine `shard.engine` names. Threads share the GIL (PNG encoding
+    and shapes rendering hold it much of the time); Dask runs each writer in its own process."""
+    if cfg.shard.engine == "dask":
+        from prefect_dask import DaskTaskRunner
+        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.shard.workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=cfg.shard.workers)
+
+
 def run(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None = None) -> dict:
     """Run the flow with as many parallel shard writers as the config asks for."""
     cfg = load_config(params, overrides)
-    runner = ThreadPoolTaskRunner(max_workers=cfg.shard.workers)
-    return shard_flow.with_options(task_runner=runner)(params=params, overrides=overrides)
+    return shard_flow.with_options(task_runner=task_runner(cfg))(params=params, overrides=overrides)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,15 @@ def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
     assert result["metrics"]["clips_written"] == 48 and result["run_id"]
 
 
+def test_dask_engine_writes_the_same_shards_in_worker_processes(tmp_path, make_config):
+    overrides = [f"shard.dir={tmp_path / 'dask'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
+                 f"tracking.artifacts={tmp_path / 'art'}", "data.shapes.train_samples=40",
+                 "data.shapes.val_samples=8", "shard.samples_per_shard=8", "shard.workers=2", "shard.engine=dask"]
+    result = run_shard_flow(str(REPO / "params.yaml"), overrides)
+    serial = run_shard_stage(make_config("data.shapes.train_samples=40", "shard.samples_per_shard=8"))
+    assert result["manifest"]["splits"] == serial["splits"]  # same bytes (sha256 per shard)
+
+
 @pytest.fixture
 def project(tmp_path):
     return copy_project(tmp_path / "project")
