@@ -86,22 +86,28 @@ def merged_detail(student: Student) -> torch.nn.Module:
     return merged
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def wan_arguments(description: str) -> argparse.ArgumentParser:
+    """The shape, model and output arguments both Wan-size benchmarks take."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--layers", type=int, default=WAN_1_3B["num_layers"], help="fewer for a smoke run")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path, not a figure")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    return parser
+
+
+def main() -> None:
+    parser = wan_arguments(__doc__.splitlines()[0])
     parser.add_argument("--teacher-steps", type=int, default=50)
     parser.add_argument("--student-steps", type=int, default=4)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--lora-rank", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--parts", default="sampling,detail")
-    parser.add_argument("--compile", action="store_true", help="compile our transformers' blocks (regional)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--layers", type=int, default=WAN_1_3B["num_layers"], help="fewer for a smoke run")
-    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path, not a figure")
-    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    parser.add_argument("--compile", action="store_true", help="DCMPipeline.compile(): expert blocks + VAE decoder")
     args = parser.parse_args()
     config = {**WAN_1_3B, "num_layers": args.layers}
     device = torch.device(args.device)

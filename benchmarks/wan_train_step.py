@@ -20,7 +20,6 @@ Recomputation under gradient checkpointing is not counted (it is overhead, not m
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from wan_scale import TEXT_TOKENS, WAN_1_3B, as_loaded, card, peak_gib, synchronize  # this folder's sampling benchmark
+from wan_scale import TEXT_TOKENS, WAN_1_3B, as_loaded, card, peak_gib, synchronize, wan_arguments  # this folder's sampling benchmark
 
 from dcm.config import load_config
 from dcm.models.dual_expert import Student
@@ -122,16 +121,9 @@ def measure(mode: str, args, base: torch.nn.Module, family: WanFamily, sample: d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
+    parser = wan_arguments(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--modes", default="online,trajectory")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--layers", type=int, default=WAN_1_3B["num_layers"], help="fewer for a smoke run")
-    parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path, not a figure")
-    parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     config = {**WAN_1_3B, "num_layers": args.layers}
     rank, world = init_from_env()
