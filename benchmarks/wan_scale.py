@@ -13,6 +13,7 @@ once-per-prompt cost and is not part of either figure).
             bf16 VAE decode; with --compile, DCMPipeline.compile()), both from the same latents to
             decoded frames on the GPU; and the floor, 4 × one transformer forward + one VAE decode with
             our settings, measured in the same run.
+  text      one prompt through UMT5-XXL (Wan's text encoder): once per prompt, outside both figures.
   detail    one detail step (LoRA applied on the fly; LoRA merged into a second weight set) vs one plain
             forward of the semantic expert.
 """
@@ -78,6 +79,22 @@ def as_loaded(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
+def text_encoding_seconds(device: torch.device, repeats: int) -> float:
+    """One prompt (512 tokens) through Wan2.1's text encoder, UMT5-XXL's encoder (5.7 B, bf16): the
+    once-per-prompt cost both pipelines share, reported beside the sampling figures, not in them."""
+    from transformers import UMT5Config, UMT5EncoderModel
+    config = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                        feed_forward_proj="gated-gelu")
+    with device:
+        encoder = UMT5EncoderModel(config).to(torch.bfloat16).eval().requires_grad_(False)
+        ids = torch.randint(0, config.vocab_size, (1, TEXT_TOKENS))
+    with torch.no_grad():
+        encoder(ids)
+        seconds = timed(lambda: encoder(ids), repeats)
+    del encoder
+    return seconds
+
+
 def merged_detail(student: Student) -> torch.nn.Module:
     """What DCMPipeline.from_pretrained(detail_weights="merged") builds: the LoRA fused into a copy."""
     merged = copy.deepcopy(student.transformer)
@@ -106,7 +123,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--lora-rank", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--parts", default="sampling,detail")
+    parser.add_argument("--parts", default="text,sampling,detail")
     parser.add_argument("--compile", action="store_true", help="DCMPipeline.compile(): expert blocks + VAE decoder")
     args = parser.parse_args()
     config = {**WAN_1_3B, "num_layers": args.layers}
@@ -138,6 +155,10 @@ def main() -> None:
     as_loaded(with_lora.to(device), torch.bfloat16).eval().requires_grad_(False)
     merged = merged_detail(with_lora)
     plain = Student(family, base)  # the semantic expert alone
+
+    if "text" in args.parts:
+        results["text"] = {"umt5_xxl_encode_s": text_encoding_seconds(device, args.repeats)}
+        print(json.dumps(results["text"]), flush=True)
 
     if "detail" in args.parts:
         runs = {"plain_forward_s": lambda: plain.expert_velocity("semantic", noise, detail_sigma, cond),
