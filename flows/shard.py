@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -87,7 +88,15 @@ def task_runner(cfg: DCMConfig):
 def run(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None = None) -> dict:
     """Run the flow with as many parallel shard writers as the config asks for."""
     cfg = load_config(params, overrides)
-    return shard_flow.with_options(task_runner=task_runner(cfg))(params=params, overrides=overrides)
+    saved = dict(os.environ)
+    try:
+        return shard_flow.with_options(task_runner=task_runner(cfg))(params=params, overrides=overrides)
+    finally:
+        # Dask's nanny sets OMP/MKL/OPENBLAS_NUM_THREADS=1 in *this* process's environment before it spawns
+        # workers (distributed.nanny.pre-spawn-environ); left there, every later child process would run
+        # torch on one thread (and CPU results depend on the thread count). Put the environment back.
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 if __name__ == "__main__":

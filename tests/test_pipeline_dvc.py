@@ -2,6 +2,7 @@
 
 import csv
 import io
+import os
 import subprocess
 
 import pytest
@@ -28,9 +29,11 @@ def test_dask_engine_writes_the_same_shards_in_worker_processes(tmp_path, make_c
     overrides = [f"shard.dir={tmp_path / 'dask'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
                  f"tracking.artifacts={tmp_path / 'art'}", "data.shapes.train_samples=40",
                  "data.shapes.val_samples=8", "shard.samples_per_shard=8", "shard.workers=2", "shard.engine=dask"]
+    before = dict(os.environ)
     result = run_shard_flow(str(REPO / "params.yaml"), overrides)
     serial = run_shard_stage(make_config("data.shapes.train_samples=40", "shard.samples_per_shard=8"))
     assert result["manifest"]["splits"] == serial["splits"]  # same bytes (sha256 per shard)
+    assert dict(os.environ) == before  # Dask's OMP/MKL_NUM_THREADS=1 does not leak into this process
 
 
 @pytest.fixture
