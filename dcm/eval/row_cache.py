@@ -9,6 +9,7 @@ once both files are whole.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from dcm.io import atomic_path, read_json, sha256_file, sha256_json, write_json_
 ROWS_DIR = "rows"
 
 
+@functools.cache  # once per process: every row's fingerprint includes it
 def code_hash() -> str:
     """sha256 over the dcm package's sources: a row made by other code is never reused."""
     root = Path(__file__).resolve().parents[1]  # the dcm package folder
