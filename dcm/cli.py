@@ -66,7 +66,8 @@ def cmd_precompute(args) -> int:
 def cmd_distill(args) -> int:
     from flows.distill import distill_flow
     methods = args.method
-    if methods == ["baselines"]:
+    listed = methods == ["baselines"]
+    if listed:
         methods = load_config(args.params, args.overrides).distill.baselines
         if not methods:
             print("distill: no baselines selected (distill.baselines is empty)")
@@ -74,6 +75,9 @@ def cmd_distill(args) -> int:
         result = distill_flow(method, args.params, args.overrides)
         summary = ", ".join(f"{k}={v:.3f}" for k, v in result["metrics"].items())
         print(f"distill {method}: {result['folder']} ({summary}); MLflow run {result['run_id']}")
+    if listed:
+        from dcm.train.distill import finish_baselines
+        print(f"distill baselines: {finish_baselines(load_config(args.params, args.overrides))}")
     return 0
 
 
@@ -171,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage.set_defaults(func=func)
 
     distill = commands.add_parser("distill", help="consistency distillation: DCM's two stages or a baseline")
-    distill.add_argument("method", nargs="+", choices=["semantic", "detail", "lcm", "pcm", "baselines"],
+    distill.add_argument("method", nargs="+", choices=["semantic", "detail", "lcm", "pcm", "single", "baselines"],
                          help="stage(s) to run; 'baselines' runs those listed in distill.baselines")
     _add_config_args(distill)
     distill.set_defaults(func=cmd_distill)

@@ -257,12 +257,13 @@ class DistillConfig(Strict):
     """Consistency distillation: DCM's two stages and the LCM/PCM baselines (DESIGN.md §2)."""
 
     kappa: int = Field(ge=0)  # split node: nodes above it are the semantic expert's, at or below the detail expert's
+    seed: int | None  # the students' random draws (data order, nodes, noise, LoRA/discriminator init); null: `seed`
     pcm_phases: int = Field(ge=2)  # PCM baseline: phases, each node maps to its phase's lower edge
     teacher_mode: Literal["online", "trajectory"]  # run the teacher per step, or read precomputed ODE solves
     guidance_scale: float = Field(ge=0)  # the teacher's CFG (or embedded guidance) weight in the targets
     loss: Literal["pseudo_huber", "l2"]
     huber_c: float = Field(gt=0)
-    tc_weight: float = Field(ge=0)  # temporal coherence loss weight (0: off)
+    tc_weight: float = Field(ge=0)  # temporal coherence loss weight of the semantic stage (0: off)
     tc_stride: int = Field(ge=1)  # latent frames between compared frames
     target_ema_decay: float = Field(ge=0, lt=1)  # target network = EMA of the student; 0: the student, no grad
     semantic_weights: Literal["full", "lora"]  # stage 1: fine-tune every weight, or a LoRA merged afterwards
@@ -280,8 +281,8 @@ class DistillConfig(Strict):
     out_dir: str  # <dir>/<method>: the exported DCMPipeline folder
     semantic: TrainConfig
     detail: TrainConfig
-    baseline: TrainConfig  # lcm and pcm
-    baselines: list[Literal["lcm", "pcm"]]  # trained by the distill_baselines stage
+    baseline: TrainConfig  # lcm, pcm and single
+    baselines: list[Literal["lcm", "pcm", "single"]]  # trained by the distill_baselines stage
 
 
 class VBenchConfig(Strict):

@@ -11,11 +11,12 @@ from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.train.loop import resolve_device
 
-STUDENTS = ("dcm", "semantic", "lcm", "pcm")
+STUDENTS = ("dcm", "semantic", "lcm", "pcm", "single")
 
 
 def student_folder(cfg: DCMConfig, model: str) -> Path:
-    folder = Path(cfg.distill.out_dir) / model if model in STUDENTS else Path(model)
+    from dcm.train.distill import output_folder
+    folder = output_folder(cfg, model) if model in STUDENTS else Path(model)
     if not folder.is_dir():
         hint = ("run the distill stages first (dvc repro)" if model in STUDENTS
                 else f"expected teacher, {', '.join(STUDENTS)} or a DCMPipeline folder")

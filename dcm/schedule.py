@@ -69,11 +69,12 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
 # Nodes are indexed 0 (lowest noise) … euler_nodes − 1 (pure noise); END = −1 stands for sigma 0, the end of
 # every trajectory. A method is its ascending list of segment *lower edges*: a node maps to the highest
 # edge below it. DCM: [END, κ] (semantic nodes > κ jump to σ_κ, detail nodes jump to the end); LCM: [END];
-# PCM with P phases: END plus P − 1 evenly spaced inner edges.
+# PCM with P phases: END plus P − 1 evenly spaced inner edges; `single` (the first rung of the paper's
+# ablation): DCM's two segments [END, κ] learnt by one expert over every node.
 
 END = -1
 
-METHODS = ("semantic", "detail", "dcm", "lcm", "pcm")
+METHODS = ("semantic", "detail", "dcm", "lcm", "pcm", "single")
 
 
 def node_sigma(cfg: ScheduleConfig, node: int) -> float:
@@ -82,7 +83,7 @@ def node_sigma(cfg: ScheduleConfig, node: int) -> float:
 
 
 def segment_edges(method: str, cfg: ScheduleConfig, kappa: int, phases: int) -> list[int]:
-    if method in ("semantic", "detail", "dcm"):
+    if method in ("semantic", "detail", "dcm", "single"):
         return [END, kappa]
     if method == "lcm":
         return [END]

@@ -60,8 +60,9 @@ def _registry_line(cfg: DCMConfig) -> str:
 
 
 def describe(cfg: DCMConfig) -> str:
-    students = [(name, cfg.distill.out_dir, f"{name}.json", _student_line) for name in ("semantic", "dcm", "lcm", "pcm")
-                if name in ("semantic", "dcm") or name in cfg.distill.baselines]
+    from dcm.train.distill import output_folder
+    students = [(name, output_folder(cfg, name).parent, f"{name}.json", _student_line)
+                for name in ["semantic", "dcm", *cfg.distill.baselines]]
     stages = (("shard", cfg.shard.dir, SHARD_MANIFEST, _shards_line),
               ("teacher", cfg.teacher.out_dir, TEACHER_MANIFEST, _teacher_line),
               ("latents", cfg.precompute.dir, LATENTS_MANIFEST, _latents_line), *students)

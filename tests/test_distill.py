@@ -2,6 +2,7 @@
 and online teachers, baselines, the exported pipeline and its LoRA, and `dcm generate` at any step count."""
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from dcm.models.lora_io import MODULES_FILE
 from dcm.pipeline import DCMPipeline
 from dcm.precompute import run_precompute_stage
 from dcm.schedule import expert_threshold
-from dcm.train.distill import run_distill_stage
+from dcm.train.distill import finish_baselines, method_settings, run_distill_stage
 from dcm.train.teacher import load_teacher
 from tests.conftest import REPO
 
@@ -108,14 +109,49 @@ def test_detail_stage_needs_the_semantic_expert(config):
         run_distill_stage(config(), "detail")
 
 
-@pytest.mark.parametrize("method", ["lcm", "pcm"])
+@pytest.mark.parametrize("method", ["lcm", "pcm", "single"])
 def test_baselines_train_and_export_a_single_expert(config, method):
     cfg = config()
     result = run_distill_stage(cfg, method)
+    assert Path(result["folder"]) == Path(cfg.distill.out_dir) / "baselines" / method
     pipe = DCMPipeline.from_pretrained(result["folder"])
     assert pipe.info["method"] == method and pipe.student.detail_kind is None
-    expected = [-1] if method == "lcm" else [-1, 1, 4, 6]  # pcm: 4 phases over 10 nodes
+    # pcm: 4 phases over 10 nodes; single: DCM's segments (κ = 4) learnt by one expert
+    expected = {"lcm": [-1], "pcm": [-1, 1, 4, 6], "single": [-1, 4]}[method]
     assert pipe.edges == expected
+
+
+def test_baselines_folder_holds_exactly_the_listed_baselines(config):
+    cfg = config("distill.baselines=[lcm]")
+    run_distill_stage(cfg, "lcm")
+    run_distill_stage(cfg, "single")  # trained, but not listed: not this configuration's baseline
+    folder = finish_baselines(cfg)
+    assert sorted(p.name for p in folder.iterdir()) == ["index.json", "lcm", "lcm.json"]
+    assert json.loads((folder / "index.json").read_text()) == {"baselines": ["lcm"]}
+    with pytest.raises(StageError, match=r"\['pcm'\] are listed .* run `dcm distill baselines`"):
+        finish_baselines(config("distill.baselines=[lcm,pcm]"))
+    assert json.loads((finish_baselines(config("distill.baselines=[]")) / "index.json").read_text()) == {"baselines": []}
+
+
+def test_temporal_coherence_weighs_in_the_semantic_stage_only(config, tmp_path):
+    def losses(method: str, weight: float) -> list[float]:
+        cfg = config(f"distill.tc_weight={weight}", f"distill.checkpoint_dir={tmp_path / f'{method}-{weight}'}",
+                     f"distill.out_dir={tmp_path / f'out-{method}-{weight}'}")
+        return run_distill_stage(cfg, method)["losses"]
+
+    assert losses("semantic", 0.0) != losses("semantic", 50.0)
+    assert losses("lcm", 0.0) == losses("lcm", 50.0)  # LCM/PCM and the detail stage: consistency (+ GAN) alone
+
+
+def test_distill_seed_changes_the_students_draws_and_defaults_to_the_seed(config, tmp_path):
+    def losses(*extra: str) -> list[float]:
+        name = "-".join(extra) or "default"
+        cfg = config(*extra, f"distill.checkpoint_dir={tmp_path / name}", f"distill.out_dir={tmp_path / f'out-{name}'}")
+        return run_distill_stage(cfg, "lcm")["losses"]
+
+    default = losses()
+    assert losses("distill.seed=0") == default  # null means the top-level seed (0)
+    assert losses("distill.seed=1") != default
 
 
 def test_exported_lora_and_copies_turn_a_plain_diffusers_transformer_into_the_detail_expert(config):
@@ -166,6 +202,19 @@ def test_generate_writes_a_playable_mp4_at_any_step_count(config, prepared, tmp_
     with av.open(str(out)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
+
+
+def test_each_method_is_fingerprinted_by_the_settings_it_reads(config):
+    base = config()
+    gan_off, tc_off, kappa = (config("distill.adversarial=none"), config("distill.tc_weight=0"),
+                              config("distill.kappa=5"))
+    assert method_settings(gan_off, "semantic") == method_settings(base, "semantic")
+    assert method_settings(gan_off, "detail") != method_settings(base, "detail")
+    assert method_settings(tc_off, "semantic") != method_settings(base, "semantic")
+    assert method_settings(tc_off, "detail") == method_settings(base, "detail")
+    assert method_settings(kappa, "lcm") == method_settings(base, "lcm")
+    assert method_settings(kappa, "single") != method_settings(base, "single")
+    assert "lora" not in method_settings(base, "semantic") and "lora" in method_settings(base, "detail")
 
 
 def test_changed_settings_train_anew_while_more_steps_resume(config):

@@ -19,13 +19,13 @@ from dcm.train.distill import run_distill_stage
 
 def test_evaluation_compares_teacher_dcm_and_baselines(config):
     cfg = config("evaluate.prompts=3", "evaluate.latency_repeats=1", "evaluate.student_steps=[1,4]",
-                 "evaluate.grid_prompts=2")
-    for method in ("semantic", "detail", "lcm"):
+                 "evaluate.grid_prompts=2", "distill.baselines=[lcm]")
+    for method in ("semantic", "detail", "lcm", "pcm"):
         run_distill_stage(cfg, method)
     result = run_evaluate_stage(cfg)
     metrics = json.loads((result["files"]["report"].parent / "metrics.json").read_text())
     assert {"teacher_6", "dcm_1", "dcm_4", "lcm_1", "lcm_4"} <= set(metrics)
-    assert "pcm_4" not in metrics  # no pcm folder, no pcm row
+    assert "pcm_4" not in metrics  # trained but not listed in distill.baselines: no pcm row
     for key in ("judge_overall", "judge_colour", "psnr_vs_teacher", "ssim_vs_teacher", "saturation_mean",
                 "oversaturated_fraction", "latency_s", "speedup"):
         assert key in metrics["dcm_4"], key

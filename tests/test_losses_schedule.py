@@ -34,6 +34,8 @@ def test_segments_and_targets_by_hand():
     assert segment_edges("dcm", REFERENCE, 37, 4) == [END, 37]
     assert segment_edges("lcm", REFERENCE, 37, 4) == [END]
     assert segment_edges("pcm", REFERENCE, 37, 4) == [END, 11, 24, 36]  # 50k/4 − 1, floored
+    assert segment_edges("single", REFERENCE, 37, 4) == [END, 37]  # DCM's segments, one expert
+    assert training_nodes("single", REFERENCE, 37) == list(range(50))
     # semantic nodes jump to κ, detail nodes (κ included) to the end, LCM always to the end
     assert target_node(49, [END, 37]) == 37 and target_node(38, [END, 37]) == 37
     assert target_node(37, [END, 37]) == END and target_node(0, [END, 37]) == END

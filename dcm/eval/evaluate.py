@@ -33,7 +33,7 @@ from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.train.loop import resolve_device
 
-STUDENTS = ("dcm", "lcm", "pcm")  # evaluated when their folder exists; dcm must
+
 METRICS, TABLE = "metrics.json", "quality.csv"
 
 
@@ -61,14 +61,16 @@ def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.
 
 
 def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict:
-    """The DCM student and every baseline present in distill.out_dir, into evaluate.out_dir."""
+    """The DCM student and the baselines listed in distill.baselines, into evaluate.out_dir."""
+    from dcm.train.distill import output_folder
     check_weights(cfg.evaluate.vbench.dimensions)  # settings first: a missing file says so at once
-    if not (Path(cfg.distill.out_dir) / "dcm").is_dir():
-        raise StageError(f"{Path(cfg.distill.out_dir) / 'dcm'} not found: evaluation needs the DCM student; run "
-                         "the distill stages first (dvc repro distill_detail)")
-    folders = {name: Path(cfg.distill.out_dir) / name for name in STUDENTS}
-    present = {name: folder for name, folder in folders.items() if folder.is_dir()}
-    return evaluate_students(cfg, present, Path(cfg.evaluate.out_dir), on_result)
+    students = {name: output_folder(cfg, name) for name in ["dcm", *cfg.distill.baselines]}
+    for name, folder in students.items():
+        if not folder.is_dir():
+            stage = "distill_detail" if name == "dcm" else "distill_baselines"
+            raise StageError(f"{folder} not found: evaluation needs the {name} student; run the distill stages "
+                             f"first (dvc repro {stage})")
+    return evaluate_students(cfg, students, Path(cfg.evaluate.out_dir), on_result)
 
 
 def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
@@ -91,13 +93,14 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
               "evaluate": {k: v for k, v in config_to_dict(ev).items()
                            if k not in ("out_dir", "student_steps", "grid_prompts")}}
 
-    def measured(name: str, model_hash: str, make: Callable[[], torch.Tensor],
+    def measured(name: str, model_hash: str, load: Callable[[], object], make: Callable[[], torch.Tensor],
                  reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
         fingerprint = row_fingerprint(**inputs, row=name, model=model_hash)
         cached = load_row(rows_dir, name, fingerprint) if resume else None
         if cached is not None:
             print(f"evaluate: {name} reused from {rows_dir} (finished by an earlier run with the same inputs)")
             return cached
+        load()  # loading the model is not part of its latency
         video, latency = _timed(make, ev.latency_repeats, len(prompts))
         clips = video_to_clips(video)
         row = {**score(cfg, clips, prompts, reference, name, device, out), "latency_s": latency}
@@ -111,7 +114,8 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                         sampling_sigmas(cfg.schedule, sampling.steps), sampling.guidance_scale,
                         cfg.teacher.negative_prompt, ev.batch_size)
 
-    teacher_row, reference = measured(f"teacher_{sampling.steps}", teacher_content_hash(cfg), teacher_clips, None)
+    teacher_row, reference = measured(f"teacher_{sampling.steps}", teacher_content_hash(cfg), teacher, teacher_clips,
+                                      None)
     rows = [{"model": "teacher", "steps": sampling.steps, **teacher_row, "speedup": 1.0}]
     samples = {f"teacher {sampling.steps}": reference}
     for name, folder in students.items():
@@ -123,7 +127,7 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                 return pipe().videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
                                      ev.batch_size)
 
-            measured_row, clips = measured(f"{name}_{steps}", model_hash, student_clips, reference)
+            measured_row, clips = measured(f"{name}_{steps}", model_hash, pipe, student_clips, reference)
             row = {"model": name, "steps": steps, **measured_row,
                    "speedup": teacher_row["latency_s"] / measured_row["latency_s"]}
             rows.append(row)

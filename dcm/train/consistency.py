@@ -5,7 +5,8 @@ trajectory state), let the student jump to its segment edge e:
     pred = x_n + (σ_e − σ_n) · student(x_n)
 and build the target without gradients: one teacher Euler step to x_{n−1} (CFG, or read from the stored
 trajectory), then the target network's jump from x_{n−1} to e (nothing to do when n − 1 is e).
-Loss = consistency(pred, target) + λ_tc · temporal_coherence, plus for the detail stage the adversarial
+Loss = consistency(pred, target), plus λ_tc · temporal_coherence for the semantic stage (DESIGN.md §2: the
+loss of stage 1; LCM/PCM and the detail stage go without it) and for the detail stage the adversarial
 terms of dcm/train/adversarial.py.
 """
 
@@ -109,8 +110,8 @@ class ConsistencyDistillation:
 
         consistency = (pseudo_huber(pred, target, distill.huber_c) if distill.loss == "pseudo_huber"
                        else l2(pred, target))
-        coherence = temporal_coherence(pred, target, distill.tc_stride)
-        total = consistency + distill.tc_weight * coherence
+        coherence = temporal_coherence(pred, target, distill.tc_stride)  # logged by every method
+        total = consistency + distill.tc_weight * coherence if self.method == "semantic" else consistency
         logs = {"consistency": consistency.item(), "temporal_coherence": coherence.item()}
         if self.adversarial is not None:
             adversarial, adv_logs = self.adversarial.generator_loss(pred, target, cond, generator, count, part)

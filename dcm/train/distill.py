@@ -1,8 +1,9 @@
-"""Stages `distill_semantic`, `distill_detail` and the LCM/PCM baselines: build the student, train it with
-the shared loop, export it as a DCMPipeline folder and judge it on held-out prompts.
+"""Stages `distill_semantic`, `distill_detail` and `distill_baselines` (LCM, PCM, single expert): build the
+student, train it with the shared loop, export it as a DCMPipeline folder and judge it on held-out prompts.
 
-Outputs: `<distill.out_dir>/<name>/` (the pipeline folder; name = semantic | dcm | lcm | pcm) and
-`<distill.out_dir>/<name>.json` (metrics). Checkpoints: `<distill.checkpoint_dir>/<method>/`.
+Outputs: `<distill.out_dir>/<name>/` (the pipeline folder; name = semantic | dcm) and `<name>.json`
+(metrics); the baselines under `<distill.out_dir>/baselines/` (one DVC output, whichever are listed).
+Checkpoints: `<distill.checkpoint_dir>/<method>/`, the baselines' under `<distill.checkpoint_dir>/baselines/`.
 """
 
 from __future__ import annotations
@@ -35,19 +36,50 @@ from dcm.train.distributed import rank_and_world
 from dcm.train.loop import resolve_device, train, training_fingerprint
 from dcm.train.teacher import load_teacher, teacher_content_hash
 
-OUTPUT_NAMES = {"semantic": "semantic", "detail": "dcm", "lcm": "lcm", "pcm": "pcm"}
+BASELINES = ("lcm", "pcm", "single")
+OUTPUT_NAMES = {"semantic": "semantic", "detail": "dcm", **{name: name for name in BASELINES}}
+BASELINES_DIR, BASELINES_INDEX = "baselines", "index.json"
 
 
 def train_config(cfg: DCMConfig, method: str) -> TrainConfig:
     return {"semantic": cfg.distill.semantic, "detail": cfg.distill.detail}.get(method, cfg.distill.baseline)
 
 
+def training_seed(cfg: DCMConfig) -> int:
+    return cfg.seed if cfg.distill.seed is None else cfg.distill.seed
+
+
 def output_folder(cfg: DCMConfig, name: str) -> Path:
-    return Path(cfg.distill.out_dir) / name
+    """Where a student's pipeline folder lives: semantic, dcm, or baselines/<lcm|pcm|single>."""
+    root = Path(cfg.distill.out_dir)
+    return root / BASELINES_DIR / name if name in BASELINES else root / name
+
+
+def checkpoint_folder(cfg: DCMConfig, method: str) -> Path:
+    root = Path(cfg.distill.checkpoint_dir)
+    return root / BASELINES_DIR / method if method in BASELINES else root / method
+
+
+def finish_baselines(cfg: DCMConfig) -> Path:
+    """After `dcm distill baselines`: the folder holds exactly the listed baselines, plus an index that says
+    which (so the stage's output exists, and is honest, when the list is empty)."""
+    folder = Path(cfg.distill.out_dir) / BASELINES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint_folder(cfg, BASELINES[0]).parent.mkdir(parents=True, exist_ok=True)  # the persisted DVC output
+    for name in BASELINES:
+        if name not in cfg.distill.baselines:  # trained under an earlier list: not this configuration's
+            shutil.rmtree(folder / name, ignore_errors=True)
+            (folder / f"{name}.json").unlink(missing_ok=True)
+    missing = [name for name in cfg.distill.baselines if not (folder / name).is_dir()]
+    if missing:
+        raise StageError(f"baselines {missing} are listed in distill.baselines but not in {folder}: run "
+                         "`dcm distill baselines`")
+    write_json_atomic(folder / BASELINES_INDEX, {"baselines": list(cfg.distill.baselines)})
+    return folder
 
 
 def build_student(cfg: DCMConfig, method: str, teacher, device: torch.device) -> Student:
-    """semantic/lcm/pcm: a copy of the teacher; detail: the exported semantic expert, frozen, plus the
+    """semantic/lcm/pcm/single: a copy of the teacher; detail: the exported semantic expert, frozen, plus the
     detail expert (LoRA + copied layers, or a full copy)."""
     distill = cfg.distill
     guidance = distill.guidance_scale if teacher.guidance == "embedded" else None
@@ -72,14 +104,34 @@ def build_student(cfg: DCMConfig, method: str, teacher, device: torch.device) ->
 
 
 OUTPUT_ONLY = ("semantic", "detail", "baseline", "baselines", "sample_every", "sample_prompts", "sample_steps",
-               "out_dir", "checkpoint_dir")  # distill keys that do not shape this method's training
+               "out_dir", "checkpoint_dir", "seed")  # distill keys that do not shape training (seed: training_seed)
+DETAIL_ONLY = ("detail_expert", "adversarial", "adv_weight", "generator_weight", "fm_weight", "discriminator")
+SEMANTIC_ONLY = ("tc_weight", "tc_stride", "semantic_weights")
+
+
+def method_settings(cfg: DCMConfig, method: str) -> dict:
+    """The distill settings that shape `method`'s training, and no others: a change to the detail stage's
+    GAN leaves the semantic expert's checkpoints valid (and lets experiments share one semantic expert)."""
+    settings = {k: v for k, v in config_to_dict(cfg.distill).items() if k not in OUTPUT_ONLY}
+    dropped = set()
+    if method != "detail":
+        dropped |= set(DETAIL_ONLY)
+    if method != "semantic":
+        dropped |= set(SEMANTIC_ONLY)
+    if method != "pcm":
+        dropped.add("pcm_phases")
+    if method in ("lcm", "pcm"):
+        dropped.add("kappa")
+    if not (method == "detail" and cfg.distill.detail_expert == "lora"
+            or method == "semantic" and cfg.distill.semantic_weights == "lora"):
+        dropped.add("lora")
+    return {k: v for k, v in settings.items() if k not in dropped}
 
 
 def distill_fingerprint(cfg: DCMConfig, method: str, train_cfg: TrainConfig) -> str:
     """Checkpoints resume only under the same method settings, teacher, latents (and semantic expert)."""
-    distill = {k: v for k, v in config_to_dict(cfg.distill).items() if k not in OUTPUT_ONLY}
-    inputs = {"method": method, "distill": distill, "schedule": config_to_dict(cfg.schedule), "seed": cfg.seed,
-              "teacher": teacher_content_hash(cfg),
+    inputs = {"method": method, "distill": method_settings(cfg, method), "schedule": config_to_dict(cfg.schedule),
+              "seed": training_seed(cfg), "teacher": teacher_content_hash(cfg),
               "latents": sha256_file(Path(cfg.precompute.dir) / PRECOMPUTE_MANIFEST)}
     if method == "detail":
         inputs["semantic"] = folder_hash(output_folder(cfg, OUTPUT_NAMES["semantic"]) / "transformer")
@@ -137,12 +189,13 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
     teacher = load_teacher(cfg, device)
     teacher.transformer.requires_grad_(False).eval()
     uncond = {k: v[None].to(device) for k, v in load_file(Path(cfg.precompute.dir) / EMPTY_PROMPT).items()}
+    seed = training_seed(cfg)
     with torch.random.fork_rng(devices=[]):  # LoRA and discriminator initialisation: seeded, reproducible
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         student = build_student(cfg, method, teacher, device)
         objective = ConsistencyDistillation(student, teacher, cfg, method, uncond, manifest["trajectory_nodes"])
     keep = has_trajectory if distill.teacher_mode == "trajectory" else None
-    stream = SampleStream(cfg.precompute.dir, "train", train_cfg.shuffle_buffer, cfg.seed, decode=decode_precomputed,
+    stream = SampleStream(cfg.precompute.dir, "train", train_cfg.shuffle_buffer, seed, decode=decode_precomputed,
                           keep=keep)
 
     def log(step: int, metrics: dict) -> None:
@@ -154,12 +207,13 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
                 _, clips, prompts = sample_and_judge(cfg, pipe, distill.sample_steps)
             on_samples(step, clips, prompts)
 
-    result = train(objective, stream, train_cfg, Path(distill.checkpoint_dir) / method, cfg.seed, on_log=log,
+    checkpoints = checkpoint_folder(cfg, method)
+    result = train(objective, stream, train_cfg, checkpoints, seed, on_log=log,
                    stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
                    fingerprint=distill_fingerprint(cfg, method, train_cfg))
     if result.stopped_early:
         raise StageError(f"{method} distillation stopped at step {result.steps} of {train_cfg.steps} (time limit or "
-                         f"stop request); its checkpoint is in {Path(distill.checkpoint_dir) / method}: run the stage "
+                         f"stop request); its checkpoint is in {checkpoints}: run the stage "
                          "again to continue")
     if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
         return {"losses": result.losses, "steps": result.steps, "resumed_from": result.resumed_from}

@@ -1,0 +1,269 @@
+"""Train and evaluate a plan of runs (experiments/claim.yaml) on one machine: every GPU, several runs per GPU.
+
+    python scripts/run_matrix.py --plan experiments/claim.yaml --out $OUT --work /tmp/w \
+        --teacher-parts .gpu_teacher --per-gpu 6 --budget-s 540 -S profile=gpu
+
+Small students leave a GPU mostly idle, so runs share GPUs as separate processes. Each run is one job
+per stage (the semantic expert is one job shared by every run whose semantic-stage settings are equal);
+a job trains with the pipeline's stage function and evaluates its student with the evaluation stage's
+code against the teacher's rows, computed once. Jobs still going when `--budget-s` runs out checkpoint
+and stop; the same command continues them (finished jobs are kept). Latency under shared GPUs is
+meaningless, so only the `final` runs, evaluated together on an idle GPU at the end, report it.
+
+Writes to --out: matrix.json (every job: state, steps, wall time, all evaluation rows), matrix.log (the
+tail of each job's log) and final_* (report.md, metrics.json, samples.png, judge_overall.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_stages import REPO, shard, unpack_teacher  # noqa: E402
+
+STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
+MARGIN_S = 25  # a job stops training this long before the budget ends, to checkpoint
+LOG_TAIL = 15
+
+
+@dataclass
+class Job:
+    name: str
+    stage: str  # semantic | detail | lcm | pcm | single
+    overrides: list[str]
+    needs: str | None = None  # the semantic job a detail job starts from
+    run: str | None = None  # the plan's run this job's student belongs to (None: a shared semantic expert)
+    seed: int = 0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    gpu: int = 0
+    state: str = "waiting"  # waiting | running | done | stopped | failed
+
+
+def paths(work: Path, job: str) -> list[str]:
+    root = work / "runs" / job
+    return [f"distill.out_dir={root}/students", f"distill.checkpoint_dir={root}/checkpoints",
+            f"evaluate.out_dir={root}/eval"]
+
+
+def shared_paths(work: Path) -> list[str]:
+    return [f"shard.dir={work}/shards", f"teacher.out_dir={work}/teacher",
+            f"teacher.checkpoint_dir={work}/checkpoints/teacher", f"precompute.dir={work}/latents",
+            f"evaluate.out_dir={work}/eval-teacher"]
+
+
+def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
+    """Jobs in the plan's priority order; semantic experts deduplicated by the settings stage 1 reads."""
+    from dcm.config import config_to_dict, load_config
+    from dcm.io import sha256_json
+    from dcm.train.distill import method_settings, training_seed
+    jobs, semantic_jobs = [], {}
+    for run, spec in plan["runs"].items():
+        for seed in spec.get("seeds", plan["seeds"]):
+            overrides = [*base, *plan.get("common", []), f"distill.seed={seed}", *spec.get("overrides", [])]
+            method = spec["method"]
+            if method != "dcm":
+                jobs.append(Job(f"{run}-s{seed}", method, overrides, run=run, seed=seed))
+                continue
+            cfg = load_config(REPO / "params.yaml", overrides)
+            key = sha256_json({"settings": method_settings(cfg, "semantic"), "seed": training_seed(cfg),
+                               "train": config_to_dict(cfg.distill.semantic), "schedule": config_to_dict(cfg.schedule)})
+            if key not in semantic_jobs:
+                semantic_jobs[key] = Job(f"semantic-{run}-s{seed}", "semantic", overrides, seed=seed)
+                jobs.append(semantic_jobs[key])
+            jobs.append(Job(f"{run}-s{seed}", "detail", overrides, needs=semantic_jobs[key].name, run=run, seed=seed))
+    return jobs
+
+
+def prepare(base: list[str], work: Path, teacher_parts: str | None, workers: int) -> None:
+    """Shards, teacher, latents and the teacher's evaluation rows, once for every job (`base`: the
+    overrides every job shares, the plan's common ones included, so the teacher's rows match theirs)."""
+    from dcm.config import load_config
+    from dcm.eval.evaluate import evaluate_students
+    from dcm.precompute import MANIFEST as LATENTS_MANIFEST, run_precompute_stage
+    from dcm.data.sharding import MANIFEST as SHARD_MANIFEST
+    cfg = load_config(REPO / "params.yaml", [*base, *shared_paths(work)])
+    if not (work / "shards" / SHARD_MANIFEST).is_file():
+        shard(cfg, workers)
+    if not (work / "teacher" / "model").is_dir():
+        if not teacher_parts:
+            raise SystemExit("no teacher in --work: pass --teacher-parts (train one with scripts/run_stages.py)")
+        unpack_teacher(Path(teacher_parts), work / "teacher")
+    if not (work / "latents" / LATENTS_MANIFEST).is_file():
+        run_precompute_stage(cfg)
+    evaluate_students(cfg, {}, work / "eval-teacher")  # the teacher rows every job's evaluation reuses
+
+
+def run_job(spec: dict, work: Path, budget_end: float) -> int:
+    """One job in this process: train its stage, then (students) evaluate; exit code STOPPED when out of time."""
+    from dcm.config import load_config
+    from dcm.errors import StageError
+    from dcm.eval.evaluate import evaluate_students
+    from dcm.eval.row_cache import ROWS_DIR
+    from dcm.train.distill import OUTPUT_NAMES, output_folder, run_distill_stage
+    root = work / "runs" / spec["name"]
+    limit = max(1, int(budget_end - time.time() - MARGIN_S))
+    limits = [f"distill.{part}.time_limit_s={limit}" for part in ("semantic", "detail", "baseline")]
+    cfg = load_config(REPO / "params.yaml", [*spec["overrides"], *shared_paths(work), *paths(work, spec["name"]),
+                                             *limits])
+    if spec["needs"]:  # the shared semantic expert, copied where the detail stage looks for it
+        semantic = output_folder(cfg, "semantic")
+        if not semantic.is_dir():
+            shutil.copytree(work / "runs" / spec["needs"] / "students" / "semantic", semantic)
+    name = OUTPUT_NAMES[spec["stage"]]
+    if not (output_folder(cfg, name) / "model_index.json").is_file():
+        try:
+            run_distill_stage(cfg, spec["stage"], on_log=lambda step, m: print(step, {k: round(v, 4) for k, v in m.items()},
+                                                                             flush=True))
+        except StageError as stopped:
+            if "stopped at step" not in str(stopped):
+                raise
+            print(stopped, flush=True)
+            return STOPPED
+    if spec["stage"] == "semantic":
+        return 0
+    eval_dir = Path(cfg.evaluate.out_dir)
+    shutil.copytree(work / "eval-teacher" / ROWS_DIR, eval_dir / ROWS_DIR, dirs_exist_ok=True)
+    result = evaluate_students(cfg, {name: output_folder(cfg, name)}, eval_dir)
+    (root / "result.json").write_text(json.dumps({"metrics": result["metrics"]}, default=float))
+    return 0
+
+
+def schedule(jobs: list[Job], work: Path, gpus: int, per_gpu: int, budget_end: float) -> None:
+    """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out."""
+    by_name = {job.name: job for job in jobs}
+    for job in jobs:
+        done = (work / "runs" / job.name / ("result.json" if job.stage != "semantic" else "students/semantic"))
+        if done.exists():
+            job.state = "done"
+    while True:
+        for job in [j for j in jobs if j.state == "running" and j.process.poll() is not None]:
+            code = job.process.returncode
+            job.state = {0: "done", STOPPED: "stopped"}.get(code, "failed")
+            print(f"{time.strftime('%H:%M:%S')} {job.name}: {job.state} (exit {code})", flush=True)
+        running = [j for j in jobs if j.state == "running"]
+        waiting = [j for j in jobs if j.state == "waiting" and (not j.needs or by_name[j.needs].state == "done")]
+        blocked = [j for j in jobs if j.state == "waiting" and j.needs and by_name[j.needs].state in ("failed", "stopped")]
+        for job in blocked:
+            job.state = by_name[job.needs].state
+        if time.time() > budget_end - MARGIN_S / 2 or (not running and not waiting):
+            for job in running:  # past their own time limit (an evaluation, say): stop; rows are kept
+                os.killpg(job.process.pid, signal.SIGTERM)
+                job.process.wait()
+                job.state = "stopped"
+            return
+        for job in waiting[: gpus * per_gpu - len(running)]:
+            load = [sum(1 for j in running if j.gpu == g) for g in range(gpus)]
+            job.gpu = load.index(min(load))
+            root = work / "runs" / job.name
+            root.mkdir(parents=True, exist_ok=True)
+            spec = root / "job.json"
+            spec.write_text(json.dumps({"name": job.name, "stage": job.stage, "overrides": job.overrides,
+                                        "needs": job.needs}))
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(job.gpu), "OMP_NUM_THREADS": "2"}
+            with open(root / "log.txt", "a") as log:  # own session: a stop reaches its loader process too
+                job.process = subprocess.Popen([sys.executable, __file__, "--job", str(spec), "--work", str(work),
+                                                "--budget-end", str(budget_end)], stdout=log, stderr=subprocess.STDOUT,
+                                               env=env, cwd=REPO, start_new_session=True)
+            job.state = "running"
+            running.append(job)
+            print(f"{time.strftime('%H:%M:%S')} {job.name}: started on GPU {job.gpu}", flush=True)
+        time.sleep(2)
+
+
+def final_evaluation(plan: dict, base: list[str], work: Path, out: Path) -> None:
+    """The `final` runs at seed 0 together, one process, latency measured on an otherwise idle GPU."""
+    from dcm.config import load_config
+    from dcm.eval.evaluate import evaluate_students
+    from dcm.eval.row_cache import ROWS_DIR
+    from dcm.train.distill import OUTPUT_NAMES, output_folder
+    folders = {}
+    for run in plan.get("final", []):
+        spec = plan["runs"][run]
+        job_cfg = load_config(REPO / "params.yaml", [*base, *paths(work, f"{run}-s0")])
+        folder = output_folder(job_cfg, OUTPUT_NAMES["detail" if spec["method"] == "dcm" else spec["method"]])
+        if not (work / "runs" / f"{run}-s0" / "result.json").is_file():
+            print(f"final evaluation: {run} at seed 0 is not finished; leaving it out", flush=True)
+            continue
+        folders[run] = folder
+    if not folders:
+        return
+    cfg = load_config(REPO / "params.yaml", [*base, *plan.get("common", []), *shared_paths(work),
+                                             f"evaluate.out_dir={work}/eval-final"])
+    # Same settings as every job's evaluation (so the teacher's rows are reused): one timed generation
+    # per row; each row is 512 clips, and models load before their timer starts.
+    shutil.copytree(work / "eval-teacher" / ROWS_DIR, work / "eval-final" / ROWS_DIR, dirs_exist_ok=True)
+    result = evaluate_students(cfg, folders, work / "eval-final")
+    for key, path in result["files"].items():
+        if key in ("report", "grid", "judge_overall"):
+            shutil.copy2(path, out / f"final_{path.name}")
+    (out / "final_metrics.json").write_text(json.dumps(result["metrics"], indent=2, default=float))
+
+
+def summarise(jobs: list[Job], work: Path, out: Path) -> None:
+    summary, tails = {}, []
+    for job in jobs:
+        root = work / "runs" / job.name
+        entry = {"stage": job.stage, "run": job.run, "seed": job.seed, "state": job.state, "overrides": job.overrides}
+        if (root / "result.json").is_file():
+            entry["metrics"] = json.loads((root / "result.json").read_text())["metrics"]
+        log = root / "log.txt"
+        if log.is_file():
+            tails.append(f"== {job.name} ({job.state})\n" + "\n".join(log.read_text().splitlines()[-LOG_TAIL:]))
+        summary[job.name] = entry
+    (out / "matrix.json").write_text(json.dumps(summary, indent=1, default=float))
+    (out / "matrix.log").write_text("\n".join(tails) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", default=str(REPO / "experiments" / "claim.yaml"))
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--work", default="/tmp/dcm-matrix")
+    parser.add_argument("--teacher-parts", help="folder with teacher_model.tar.part* (scripts/run_stages.py)")
+    parser.add_argument("--workers", type=int, default=8, help="shard writers")
+    parser.add_argument("--per-gpu", type=int, default=6, help="jobs sharing one GPU")
+    parser.add_argument("--budget-s", type=float, default=540, help="stop (with checkpoints) after this long")
+    parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
+    parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    work = Path(args.work)
+    if args.job:
+        sys.exit(run_job(json.loads(Path(args.job).read_text()), work, args.budget_end))
+    budget_end = time.time() + args.budget_s
+    plan = yaml.safe_load(Path(args.plan).read_text())
+    if args.runs:
+        chosen = args.runs.split(",")
+        unknown = set(chosen) - set(plan["runs"])
+        if unknown:
+            parser.error(f"runs {sorted(unknown)} are not in {args.plan}")
+        plan["runs"] = {name: spec for name, spec in plan["runs"].items() if name in chosen}
+    out = Path(args.out or work / "out")
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+    gpus = max(1, torch.cuda.device_count())
+    prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
+    jobs = plan_jobs(plan, args.overrides, work)
+    print(f"{len(jobs)} jobs on {gpus} GPU(s) × {args.per_gpu}", flush=True)
+    try:
+        schedule(jobs, work, gpus, args.per_gpu, budget_end)
+        if all(job.state == "done" for job in jobs):
+            final_evaluation(plan, args.overrides, work, out)
+    finally:
+        summarise(jobs, work, out)
+
+
+if __name__ == "__main__":
+    main()
