@@ -139,7 +139,7 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
     return 0
 
 
-def schedule(jobs: list[Job], work: Path, gpus: int, per_gpu: int, budget_end: float) -> None:
+def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, budget_end: float) -> None:
     """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out."""
     by_name = {job.name: job for job in jobs}
     for job in jobs:
@@ -147,10 +147,13 @@ def schedule(jobs: list[Job], work: Path, gpus: int, per_gpu: int, budget_end: f
         if done.exists():
             job.state = "done"
     while True:
-        for job in [j for j in jobs if j.state == "running" and j.process.poll() is not None]:
+        ended = [j for j in jobs if j.state == "running" and j.process.poll() is not None]
+        for job in ended:
             code = job.process.returncode
             job.state = {0: "done", STOPPED: "stopped"}.get(code, "failed")
             print(f"{time.strftime('%H:%M:%S')} {job.name}: {job.state} (exit {code})", flush=True)
+        if ended:  # what is finished is on record even if this process is killed
+            summarise(jobs, work, out)
         running = [j for j in jobs if j.state == "running"]
         waiting = [j for j in jobs if j.state == "waiting" and (not j.needs or by_name[j.needs].state == "done")]
         blocked = [j for j in jobs if j.state == "waiting" and j.needs and by_name[j.needs].state in ("failed", "stopped")]
@@ -235,6 +238,7 @@ def main() -> None:
     parser.add_argument("--per-gpu", type=int, default=6, help="jobs sharing one GPU")
     parser.add_argument("--budget-s", type=float, default=540, help="stop (with checkpoints) after this long")
     parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
+    parser.add_argument("--final-reserve-s", type=float, default=75, help="budget kept for the final evaluation")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
     parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)
     parser.add_argument("-S", dest="overrides", action="append", default=[])
@@ -257,9 +261,12 @@ def main() -> None:
     prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
     jobs = plan_jobs(plan, args.overrides, work)
     print(f"{len(jobs)} jobs on {gpus} GPU(s) × {args.per_gpu}", flush=True)
-    try:
-        schedule(jobs, work, gpus, args.per_gpu, budget_end)
-        if all(job.state == "done" for job in jobs):
+    final = [f"{run}-s0" for run in plan.get("final", [])]
+    try:  # the final evaluation's time is kept back from the jobs while it is still to do
+        reserve = args.final_reserve_s if final and not (work / "eval-final" / "metrics.json").is_file() else 0
+        schedule(jobs, work, out, gpus, args.per_gpu, budget_end - reserve)
+        finished = {job.name for job in jobs if job.state == "done"}
+        if final and set(final) <= finished and time.time() < budget_end - MARGIN_S:
             final_evaluation(plan, args.overrides, work, out)
     finally:
         summarise(jobs, work, out)
