@@ -33,8 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_stages import REPO, shard, unpack_teacher  # noqa: E402
 
 STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
+TEACHER_EVAL, TEACHER_JOB = "eval-teacher", "teacher-eval"
+TEACHER_WAIT_S = 300  # a teacher job that failed: students evaluate the teacher themselves
 MARGIN_S = 25  # a job stops training this long before the budget ends, to checkpoint
 LOG_TAIL = 15
+SAMPLES = "samples.safetensors"  # a job's first evaluate.grid_prompts clips of every row: sample grids across runs
 
 
 @dataclass
@@ -59,7 +62,7 @@ def paths(work: Path, job: str) -> list[str]:
 def shared_paths(work: Path) -> list[str]:
     return [f"shard.dir={work}/shards", f"teacher.out_dir={work}/teacher",
             f"teacher.checkpoint_dir={work}/checkpoints/teacher", f"precompute.dir={work}/latents",
-            f"evaluate.out_dir={work}/eval-teacher"]
+            f"evaluate.out_dir={work}/{TEACHER_EVAL}"]
 
 
 def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
@@ -67,7 +70,7 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
     from dcm.config import config_to_dict, load_config
     from dcm.io import sha256_json
     from dcm.train.distill import method_settings, training_seed
-    jobs, semantic_jobs = [], {}
+    jobs, semantic_jobs = [Job(TEACHER_JOB, "teacher", [*base, *plan.get("common", [])])], {}
     for run, spec in plan["runs"].items():
         for seed in spec.get("seeds", plan["seeds"]):
             overrides = [*base, *plan.get("common", []), f"distill.seed={seed}", *spec.get("overrides", [])]
@@ -86,22 +89,38 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
 
 
 def prepare(base: list[str], work: Path, teacher_parts: str | None, workers: int) -> None:
-    """Shards, teacher, latents and the teacher's evaluation rows, once for every job (`base`: the
-    overrides every job shares, the plan's common ones included, so the teacher's rows match theirs)."""
+    """Shards, teacher and latents, once for every job."""
     from dcm.config import load_config
-    from dcm.eval.evaluate import evaluate_students
-    from dcm.precompute import MANIFEST as LATENTS_MANIFEST, run_precompute_stage
     from dcm.data.sharding import MANIFEST as SHARD_MANIFEST
+    from dcm.precompute import MANIFEST as LATENTS_MANIFEST, run_precompute_stage
     cfg = load_config(REPO / "params.yaml", [*base, *shared_paths(work)])
+    start = time.perf_counter()
     if not (work / "shards" / SHARD_MANIFEST).is_file():
         shard(cfg, workers)
+        print(f"shards: {time.perf_counter() - start:.0f} s", flush=True)
     if not (work / "teacher" / "model").is_dir():
         if not teacher_parts:
             raise SystemExit("no teacher in --work: pass --teacher-parts (train one with scripts/run_stages.py)")
         unpack_teacher(Path(teacher_parts), work / "teacher")
     if not (work / "latents" / LATENTS_MANIFEST).is_file():
+        start = time.perf_counter()
         run_precompute_stage(cfg)
-    evaluate_students(cfg, {}, work / "eval-teacher")  # the teacher rows every job's evaluation reuses
+        print(f"precompute: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def evaluate_teacher(overrides: list[str], work: Path) -> int:
+    """The teacher's rows, which every student's evaluation reuses (a job: it runs beside the training)."""
+    from dcm.config import load_config
+    from dcm.eval.evaluate import evaluate_students
+    evaluate_students(load_config(REPO / "params.yaml", [*overrides, *shared_paths(work)]), {}, work / TEACHER_EVAL)
+    return 0
+
+
+def wait_for_teacher_rows(work: Path, timeout_s: float) -> None:
+    """Until the teacher job has written its rows; after `timeout_s` the evaluation makes them itself."""
+    end = time.time() + timeout_s
+    while not (work / TEACHER_EVAL / "metrics.json").is_file() and time.time() < end:
+        time.sleep(5)
 
 
 def run_job(spec: dict, work: Path, budget_end: float) -> int:
@@ -111,6 +130,9 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
     from dcm.eval.evaluate import evaluate_students
     from dcm.eval.row_cache import ROWS_DIR
     from dcm.train.distill import OUTPUT_NAMES, output_folder, run_distill_stage
+    from safetensors.torch import load_file, save_file
+    if spec["stage"] == "teacher":
+        return evaluate_teacher(spec["overrides"], work)
     root = work / "runs" / spec["name"]
     limit = max(1, int(budget_end - time.time() - MARGIN_S))
     limits = [f"distill.{part}.time_limit_s={limit}" for part in ("semantic", "detail", "baseline")]
@@ -133,8 +155,13 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
     if spec["stage"] == "semantic":
         return 0
     eval_dir = Path(cfg.evaluate.out_dir)
-    shutil.copytree(work / "eval-teacher" / ROWS_DIR, eval_dir / ROWS_DIR, dirs_exist_ok=True)
+    wait_for_teacher_rows(work, TEACHER_WAIT_S)
+    if (work / TEACHER_EVAL / ROWS_DIR).is_dir():
+        shutil.copytree(work / TEACHER_EVAL / ROWS_DIR, eval_dir / ROWS_DIR, dirs_exist_ok=True)
     result = evaluate_students(cfg, {name: output_folder(cfg, name)}, eval_dir)
+    grid = {row: load_file(eval_dir / ROWS_DIR / f"{row}.safetensors")["clips"][: cfg.evaluate.grid_prompts]
+            for row in result["metrics"] if (eval_dir / ROWS_DIR / f"{row}.safetensors").is_file()}
+    save_file({row: clips.contiguous() for row, clips in grid.items()}, str(root / SAMPLES))
     (root / "result.json").write_text(json.dumps({"metrics": result["metrics"]}, default=float))
     return 0
 
@@ -143,7 +170,8 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
     """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out."""
     by_name = {job.name: job for job in jobs}
     for job in jobs:
-        done = (work / "runs" / job.name / ("result.json" if job.stage != "semantic" else "students/semantic"))
+        done = {"semantic": work / "runs" / job.name / "students" / "semantic",
+                "teacher": work / TEACHER_EVAL / "metrics.json"}.get(job.stage, work / "runs" / job.name / "result.json")
         if done.exists():
             job.state = "done"
     while True:
@@ -205,10 +233,10 @@ def final_evaluation(plan: dict, base: list[str], work: Path, out: Path) -> None
                                              f"evaluate.out_dir={work}/eval-final"])
     # Same settings as every job's evaluation (so the teacher's rows are reused): one timed generation
     # per row; each row is 512 clips, and models load before their timer starts.
-    shutil.copytree(work / "eval-teacher" / ROWS_DIR, work / "eval-final" / ROWS_DIR, dirs_exist_ok=True)
+    shutil.copytree(work / TEACHER_EVAL / ROWS_DIR, work / "eval-final" / ROWS_DIR, dirs_exist_ok=True)
     result = evaluate_students(cfg, folders, work / "eval-final")
     for key, path in result["files"].items():
-        if key in ("report", "grid", "judge_overall"):
+        if key in ("report", "grid"):
             shutil.copy2(path, out / f"final_{path.name}")
     (out / "final_metrics.json").write_text(json.dumps(result["metrics"], indent=2, default=float))
 
@@ -226,6 +254,15 @@ def summarise(jobs: list[Job], work: Path, out: Path) -> None:
         summary[job.name] = entry
     (out / "matrix.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "matrix.log").write_text("\n".join(tails) + "\n")
+    from safetensors.torch import load_file, save_file
+    samples = {}
+    for job in jobs:  # seed 0 of every run, the teacher once: the same prompts and noise in each
+        path = work / "runs" / job.name / SAMPLES
+        if job.seed == 0 and job.run and path.is_file():
+            for row, clips in load_file(path).items():
+                samples[row if row.startswith("teacher") else f"{job.run}/{row}"] = clips
+    if samples:
+        save_file(samples, str(out / "samples.safetensors"))
 
 
 def main() -> None:

@@ -1,0 +1,62 @@
+"""scripts/run_matrix.py on a tiny plan (CPU): jobs share a semantic expert where stage 1's settings are
+equal, every student is evaluated against the teacher's rows, and scripts/summarise_matrix.py turns the
+result into RESULTS.md's tables and a sample grid."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
+
+DATA = ["data.shapes.train_samples=16", "data.shapes.val_samples=6", "shard.samples_per_shard=8"]
+PLAN = {"seeds": [0], "common": ["evaluate.prompts=3", "evaluate.student_steps=[1,4]", "evaluate.vbench.dimensions=[]",
+                                 "evaluate.latency_repeats=1", "evaluate.grid_prompts=2"],
+        "runs": {"dcm": {"method": "dcm"},
+                 "lora_tc": {"method": "dcm", "overrides": ["distill.adversarial=none"]},  # dcm's semantic expert
+                 "lora": {"method": "dcm", "overrides": ["distill.tc_weight=0", "distill.adversarial=none"]},
+                 "lcm": {"method": "lcm"}},
+        "final": ["dcm", "lcm"],
+        "tables": {"comparison": ["dcm", "lcm"], "ladder": ["lora", "lora_tc", "dcm"], "tuning": []}}
+
+
+def script(name: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
+                          timeout=900, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
+    overrides = sum((["-S", o] for o in [*TINY_TEACHER, *TINY_DISTILL, *DATA]), [])
+    teacher = tmp_path / "teacher-parts"
+    script("run_stages.py", "--out", str(teacher), "--work", str(tmp_path / "teacher-work"), "--workers", "2",
+           "--stages", "shard,teacher", *overrides)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(PLAN))
+    out = tmp_path / "out"
+    log = script("run_matrix.py", "--plan", str(plan), "--work", str(tmp_path / "work"), "--out", str(out),
+                 "--teacher-parts", str(teacher), "--workers", "2", "--per-gpu", "3", "--budget-s", "800", *overrides)
+    jobs = json.loads((out / "matrix.json").read_text())
+    assert sorted(jobs) == ["dcm-s0", "lcm-s0", "lora-s0", "lora_tc-s0", "semantic-dcm-s0", "semantic-lora-s0",
+                            "teacher-eval"], log  # lora_tc trained no semantic expert of its own
+    assert all(job["state"] == "done" for job in jobs.values()), log
+    for name in ("dcm-s0", "lora-s0", "lora_tc-s0"):
+        assert {"teacher_6", "dcm_1", "dcm_4"} <= set(jobs[name]["metrics"])
+    assert jobs["lcm-s0"]["metrics"]["lcm_4"]["psnr_vs_teacher"] > 0
+    # the teacher's rows were computed once and reused by every student's evaluation
+    assert "teacher_6 reused" in (tmp_path / "work" / "runs" / "lcm-s0" / "log.txt").read_text()
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert {"dcm_4", "lcm_4"} <= set(final) and (out / "final_samples.png").stat().st_size > 0
+    samples = load_file(out / "samples.safetensors")
+    assert {"teacher_6", "dcm/dcm_4", "lora/dcm_4", "lcm/lcm_1"} <= set(samples)
+    assert tuple(samples["dcm/dcm_4"].shape) == (2, 4, 16, 16, 3)  # grid prompts, frames, H, W, RGB
+
+    summary = script("summarise_matrix.py", str(out / "matrix.json"), "--plan", str(plan), "--samples",
+                     str(out / "samples.safetensors"), "--grid", str(tmp_path / "grid.png"), "--gif",
+                     str(tmp_path / "grid.gif"))
+    assert "| dcm | 4 | 1 |" in summary and "| lcm | 1 | 1 |" in summary and "| lora_tc | 4 | 1 |" in summary
+    assert "DCM-4 − LCM-4" in summary
+    assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "grid.gif").stat().st_size > 0
