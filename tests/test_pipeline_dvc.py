@@ -95,6 +95,16 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert named and named[0]["distill.detail.weight_decay"] == "0.004"
     assert named[0]["dcm_4.judge_overall"] not in ("", "-")  # the experiment's evaluation metrics
 
+    # A baseline listed for one experiment: distill_baselines trains it, evaluate adds its rows, and the
+    # DCM stages (whose settings did not change) are not re-run.
+    experiment = dvc(project, "exp", "run", "--name", "with-single", "-S", "distill.baselines=[single]")
+    assert experiment.returncode == 0, experiment.stdout + experiment.stderr
+    assert stage_runs(project, "distill_single") == 1
+    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 4, 5, 5]
+    rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--csv").stdout)))
+    single = [row for row in rows if row.get("Experiment") == "with-single"]
+    assert single and single[0]["single_4.judge_overall"] not in ("", "-")
+
     # Another machine: git clone + dvc pull from the project's default remote (a folder beside it)
     # restores every output, and dvc repro has nothing to do.
     commit_all(project, "results")
@@ -106,6 +116,7 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     pulled = dvc(clone, "pull")
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert (clone / "data" / "students" / "dcm" / "detail" / "pytorch_lora_weights.safetensors").is_file()
+    assert (clone / "data" / "students" / "baselines" / "single" / "model_index.json").is_file()
     status = dvc(clone, "status")
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout
     rerun = dvc(clone, "repro")
