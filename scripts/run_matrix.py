@@ -10,8 +10,10 @@ code against the teacher's rows, computed once. Jobs still going when `--budget-
 and stop; the same command continues them (finished jobs are kept). Latency under shared GPUs is
 meaningless, so only the `final` runs, evaluated together on an idle GPU at the end, report it.
 
-Writes to --out: matrix.json (every job: state, steps, wall time, all evaluation rows), matrix.log (the
-tail of each job's log) and final_* (report.md, metrics.json, samples.png, judge_overall.png).
+Writes to --out: matrix.json (every job: state, overrides, all evaluation rows), matrix.log (the tail of
+each job's log), samples.safetensors (every run's seed-0 clips of the first evaluate.grid_prompts prompts)
+and final_* (report.md, metrics.json, samples.png). `--earlier <matrix.json>` continues a plan that
+another machine began: the jobs it finished are kept as they are.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class Job:
     seed: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
     gpu: int = 0
-    state: str = "waiting"  # waiting | running | done | stopped | failed
+    state: str = "waiting"  # waiting | running | done | stopped | failed | earlier (finished on another machine)
+    earlier: dict | None = None  # that machine's matrix.json entry
 
 
 def paths(work: Path, job: str) -> list[str]:
@@ -86,6 +89,21 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
                 jobs.append(semantic_jobs[key])
             jobs.append(Job(f"{run}-s{seed}", "detail", overrides, needs=semantic_jobs[key].name, run=run, seed=seed))
     return jobs
+
+
+def carry_over(jobs: list[Job], record: dict, final: list[str]) -> None:
+    """Jobs another machine finished (its matrix.json) are not run again, except the `final` runs' seed-0
+    students, whose models the final evaluation and the sample grid need, and semantic experts that a
+    detail job still to run starts from."""
+    for job in jobs:
+        entry = record.get(job.name, {})
+        if job.stage != "semantic" and entry.get("state") in ("done", "earlier") and "metrics" in entry \
+                and not (job.run in final and job.seed == 0):
+            job.state, job.earlier = "earlier", entry
+    needed = {job.needs for job in jobs if job.needs and job.state != "earlier"}
+    for job in jobs:
+        if job.stage == "semantic" and job.name not in needed:
+            job.state = "earlier"
 
 
 def prepare(base: list[str], work: Path, teacher_parts: str | None, workers: int) -> None:
@@ -172,7 +190,7 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
     for job in jobs:
         done = {"semantic": work / "runs" / job.name / "students" / "semantic",
                 "teacher": work / TEACHER_EVAL / "metrics.json"}.get(job.stage, work / "runs" / job.name / "result.json")
-        if done.exists():
+        if done.exists() and job.state == "waiting":
             job.state = "done"
     while True:
         ended = [j for j in jobs if j.state == "running" and j.process.poll() is not None]
@@ -246,7 +264,9 @@ def summarise(jobs: list[Job], work: Path, out: Path) -> None:
     for job in jobs:
         root = work / "runs" / job.name
         entry = {"stage": job.stage, "run": job.run, "seed": job.seed, "state": job.state, "overrides": job.overrides}
-        if (root / "result.json").is_file():
+        if job.earlier is not None:
+            entry = {**job.earlier, "state": "earlier"}
+        elif (root / "result.json").is_file():
             entry["metrics"] = json.loads((root / "result.json").read_text())["metrics"]
         log = root / "log.txt"
         if log.is_file():
@@ -276,6 +296,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=540, help="stop (with checkpoints) after this long")
     parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
     parser.add_argument("--final-reserve-s", type=float, default=75, help="budget kept for the final evaluation")
+    parser.add_argument("--earlier", help="a matrix.json from another machine: its finished jobs are kept, not re-run")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
     parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)
     parser.add_argument("-S", dest="overrides", action="append", default=[])
@@ -297,7 +318,10 @@ def main() -> None:
     gpus = max(1, torch.cuda.device_count())
     prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
     jobs = plan_jobs(plan, args.overrides, work)
-    print(f"{len(jobs)} jobs on {gpus} GPU(s) × {args.per_gpu}", flush=True)
+    if args.earlier:
+        carry_over(jobs, json.loads(Path(args.earlier).read_text()), plan.get("final", []))
+    print(f"{sum(j.state == 'waiting' for j in jobs)} jobs to run on {gpus} GPU(s) × {args.per_gpu} "
+          f"({sum(j.state == 'earlier' for j in jobs)} finished on an earlier machine)", flush=True)
     final = [f"{run}-s0" for run in plan.get("final", [])]
     try:  # the final evaluation's time is kept back from the jobs while it is still to do
         reserve = args.final_reserve_s if final and not (work / "eval-final" / "metrics.json").is_file() else 0

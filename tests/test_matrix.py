@@ -60,3 +60,15 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert "| dcm | 4 | 1 |" in summary and "| lcm | 1 | 1 |" in summary and "| lora_tc | 4 | 1 |" in summary
     assert "DCM-4 − LCM-4" in summary
     assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "grid.gif").stat().st_size > 0
+
+    # Another machine continues the plan: what the first finished is kept, except the final runs' seed-0
+    # students (their models are needed again) and what those start from.
+    again = tmp_path / "again"
+    log = script("run_matrix.py", "--plan", str(plan), "--work", str(tmp_path / "work2"), "--out", str(again),
+                 "--teacher-parts", str(teacher), "--workers", "2", "--per-gpu", "3", "--budget-s", "800",
+                 "--earlier", str(out / "matrix.json"), *overrides)
+    states = {name: job["state"] for name, job in json.loads((again / "matrix.json").read_text()).items()}
+    assert states == {"teacher-eval": "done", "semantic-dcm-s0": "done", "dcm-s0": "done", "lcm-s0": "done",
+                      "lora_tc-s0": "earlier", "semantic-lora-s0": "earlier", "lora-s0": "earlier"}, log
+    kept = json.loads((again / "matrix.json").read_text())["lora-s0"]["metrics"]
+    assert kept == jobs["lora-s0"]["metrics"]
