@@ -1,4 +1,5 @@
-"""Flow `distill`: one distillation stage (semantic, detail, or a baseline: lcm, pcm, single) with MLflow curves and samples."""
+"""Flow `distill`: one distillation stage (semantic, detail, or a baseline: lcm, pcm, single) with MLflow
+curves and samples."""
 
 from __future__ import annotations
 

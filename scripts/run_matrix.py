@@ -141,6 +141,10 @@ def wait_for_teacher_rows(work: Path, timeout_s: float) -> None:
         time.sleep(5)
 
 
+def log_line(step: int, metrics: dict) -> None:
+    print(step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+
+
 def run_job(spec: dict, work: Path, budget_end: float) -> int:
     """One job in this process: train its stage, then (students) evaluate; exit code STOPPED when out of time."""
     from dcm.config import load_config
@@ -163,8 +167,7 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
     name = OUTPUT_NAMES[spec["stage"]]
     if not (output_folder(cfg, name) / "model_index.json").is_file():
         try:
-            run_distill_stage(cfg, spec["stage"], on_log=lambda step, m: print(step, {k: round(v, 4) for k, v in m.items()},
-                                                                             flush=True))
+            run_distill_stage(cfg, spec["stage"], on_log=log_line)
         except StageError as stopped:
             if "stopped at step" not in str(stopped):
                 raise
@@ -188,8 +191,9 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
     """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out."""
     by_name = {job.name: job for job in jobs}
     for job in jobs:
-        done = {"semantic": work / "runs" / job.name / "students" / "semantic",
-                "teacher": work / TEACHER_EVAL / "metrics.json"}.get(job.stage, work / "runs" / job.name / "result.json")
+        root = work / "runs" / job.name
+        done = {"semantic": root / "students" / "semantic",
+                "teacher": work / TEACHER_EVAL / "metrics.json"}.get(job.stage, root / "result.json")
         if done.exists() and job.state == "waiting":
             job.state = "done"
     while True:
@@ -202,7 +206,8 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
             summarise(jobs, work, out)
         running = [j for j in jobs if j.state == "running"]
         waiting = [j for j in jobs if j.state == "waiting" and (not j.needs or by_name[j.needs].state == "done")]
-        blocked = [j for j in jobs if j.state == "waiting" and j.needs and by_name[j.needs].state in ("failed", "stopped")]
+        blocked = [j for j in jobs
+                   if j.state == "waiting" and j.needs and by_name[j.needs].state in ("failed", "stopped")]
         for job in blocked:
             job.state = by_name[job.needs].state
         if time.time() > budget_end - MARGIN_S / 2 or (not running and not waiting):

@@ -83,7 +83,8 @@ def claim(rows: dict, steps: int = 4) -> str:
             margin = dcm - mean
             verdict = "ahead by more than the spread" if margin > dcm_sd + sd else (
                 "behind by more than the spread" if -margin > dcm_sd + sd else "within the spread")
-            lines.append(f"DCM-{steps} − {other.upper()}-{steps} = {margin:+.3f} (spreads {dcm_sd:.3f}, {sd:.3f}): {verdict}")
+            lines.append(f"DCM-{steps} − {other.upper()}-{steps} = {margin:+.3f} "
+                         f"(spreads {dcm_sd:.3f}, {sd:.3f}): {verdict}")
     return "\n".join(lines)
 
 
@@ -92,8 +93,11 @@ def grids(samples: Path, runs: list[str], png: Path, gif: Path | None, frames: i
     whole grid animated over time (GIF)."""
     from safetensors.torch import load_file
     clips = {k: v.numpy() for k, v in load_file(samples).items()}
+    def position(key: str) -> tuple[int, int]:  # "<run>/<model>_<steps>": plan order, then steps
+        return runs.index(key.split("/")[0]), int(key.rsplit("_", 1)[1])
+
     order = sorted(k for k in clips if k.startswith("teacher")) + sorted(
-        (k for k in clips if k.split("/")[0] in runs), key=lambda k: (runs.index(k.split("/")[0]), int(k.rsplit("_", 1)[1])))
+        (k for k in clips if k.split("/")[0] in runs), key=position)
     stack = np.stack([clips[k] for k in order])  # (rows, prompts, frames, H, W, 3)
     picks = np.linspace(0, stack.shape[2] - 1, frames).round().astype(int)
     still = np.concatenate([np.concatenate([np.concatenate(list(clip[picks]), axis=1) for clip in row], axis=1)
