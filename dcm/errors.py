@@ -3,3 +3,7 @@
 
 class StageError(RuntimeError):
     """A stage cannot finish; its message names the input or parameter to change. Finished work stays."""
+
+
+class StoppedEarly(StageError):
+    """A training stage stopped at its time limit or a stop request, checkpoint written: run it again."""

@@ -148,7 +148,7 @@ def log_line(step: int, metrics: dict) -> None:
 def run_job(spec: dict, work: Path, budget_end: float) -> int:
     """One job in this process: train its stage, then (students) evaluate; exit code STOPPED when out of time."""
     from dcm.config import load_config
-    from dcm.errors import StageError
+    from dcm.errors import StoppedEarly
     from dcm.eval.evaluate import evaluate_students
     from dcm.eval.row_cache import ROWS_DIR
     from dcm.train.distill import OUTPUT_NAMES, output_folder, run_distill_stage
@@ -168,9 +168,7 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
     if not (output_folder(cfg, name) / "model_index.json").is_file():
         try:
             run_distill_stage(cfg, spec["stage"], on_log=log_line)
-        except StageError as stopped:
-            if "stopped at step" not in str(stopped):
-                raise
+        except StoppedEarly as stopped:
             print(stopped, flush=True)
             return STOPPED
     if spec["stage"] == "semantic":
@@ -239,24 +237,22 @@ def final_evaluation(plan: dict, base: list[str], work: Path, out: Path) -> None
     """The `final` runs at seed 0 together, one process, latency measured on an otherwise idle GPU."""
     from dcm.config import load_config
     from dcm.eval.evaluate import evaluate_students
-    from dcm.eval.row_cache import ROWS_DIR
     from dcm.train.distill import OUTPUT_NAMES, output_folder
     folders = {}
     for run in plan.get("final", []):
-        spec = plan["runs"][run]
-        job_cfg = load_config(REPO / "params.yaml", [*base, *paths(work, f"{run}-s0")])
-        folder = output_folder(job_cfg, OUTPUT_NAMES["detail" if spec["method"] == "dcm" else spec["method"]])
         if not (work / "runs" / f"{run}-s0" / "result.json").is_file():
             print(f"final evaluation: {run} at seed 0 is not finished; leaving it out", flush=True)
             continue
-        folders[run] = folder
+        method = plan["runs"][run]["method"]
+        job_cfg = load_config(REPO / "params.yaml", [*base, *paths(work, f"{run}-s0")])
+        folders[run] = output_folder(job_cfg, OUTPUT_NAMES["detail" if method == "dcm" else method])
     if not folders:
         return
     cfg = load_config(REPO / "params.yaml", [*base, *plan.get("common", []), *shared_paths(work),
                                              f"evaluate.out_dir={work}/eval-final"])
-    # Same settings as every job's evaluation (so the teacher's rows are reused): one timed generation
-    # per row; each row is 512 clips, and models load before their timer starts.
-    shutil.copytree(work / TEACHER_EVAL / ROWS_DIR, work / "eval-final" / ROWS_DIR, dirs_exist_ok=True)
+    # The teacher is generated again rather than its rows reused: they were timed beside the training
+    # jobs, and the speedup column must compare timings taken alike. One timed generation per row (each
+    # row is every prompt); models load before their timer starts.
     result = evaluate_students(cfg, folders, work / "eval-final")
     for key, path in result["files"].items():
         if key in ("report", "grid"):
@@ -300,7 +296,7 @@ def main() -> None:
     parser.add_argument("--per-gpu", type=int, default=6, help="jobs sharing one GPU")
     parser.add_argument("--budget-s", type=float, default=540, help="stop (with checkpoints) after this long")
     parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
-    parser.add_argument("--final-reserve-s", type=float, default=75, help="budget kept for the final evaluation")
+    parser.add_argument("--final-reserve-s", type=float, default=120, help="budget kept for the final evaluation")
     parser.add_argument("--earlier", help="a matrix.json from another machine: its finished jobs are kept, not re-run")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
     parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)

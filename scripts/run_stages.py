@@ -1,7 +1,7 @@
 """Run the pipeline's stages without the orchestration stack, e.g. on a bare GPU box.
 
     python scripts/run_stages.py --out results/ -S profile=gpu [-S key=value ...] [--workers 14] \
-        [--stages shard,teacher,precompute,semantic,detail,lcm,pcm,evaluate] [--teacher-parts DIR]
+        [--stages shard,teacher,precompute,semantic,detail,lcm,pcm,single,evaluate] [--teacher-parts DIR]
 
 The stage functions are the ones `dvc repro` runs through Prefect; this driver only swaps the
 orchestration for a process pool (shards) and prints progress instead of logging to MLflow. It writes
@@ -34,7 +34,7 @@ from dcm.train.teacher import run_teacher_stage
 
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20
-STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "evaluate")
+STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "single", "evaluate")
 
 
 def shard(cfg, workers: int) -> None:

@@ -33,7 +33,6 @@ from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.train.loop import resolve_device
 
-
 METRICS, TABLE = "metrics.json", "quality.csv"
 
 

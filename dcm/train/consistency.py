@@ -111,7 +111,8 @@ class ConsistencyDistillation:
         consistency = (pseudo_huber(pred, target, distill.huber_c) if distill.loss == "pseudo_huber"
                        else l2(pred, target))
         coherence = temporal_coherence(pred, target, distill.tc_stride)  # logged by every method
-        total = consistency + distill.tc_weight * coherence if self.method == "semantic" else consistency
+        tc_weight = distill.tc_weight if self.method == "semantic" else 0.0
+        total = consistency + tc_weight * coherence
         logs = {"consistency": consistency.item(), "temporal_coherence": coherence.item()}
         if self.adversarial is not None:
             adversarial, adv_logs = self.adversarial.generator_loss(pred, target, cond, generator, count, part)

@@ -21,7 +21,7 @@ from dcm.config import DCMConfig, TrainConfig, config_to_dict
 from dcm.data.latents import decode_precomputed, has_trajectory
 from dcm.data.stream import SampleStream
 from dcm.data.tensors import video_to_clips
-from dcm.errors import StageError
+from dcm.errors import StageError, StoppedEarly
 from dcm.eval.judge import judge_many
 from dcm.eval.prompts import heldout_prompts
 from dcm.io import read_json, sha256_file, write_json_atomic
@@ -65,7 +65,7 @@ def finish_baselines(cfg: DCMConfig) -> Path:
     which (so the stage's output exists, and is honest, when the list is empty)."""
     folder = Path(cfg.distill.out_dir) / BASELINES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint_folder(cfg, BASELINES[0]).parent.mkdir(parents=True, exist_ok=True)  # the persisted DVC output
+    (Path(cfg.distill.checkpoint_dir) / BASELINES_DIR).mkdir(parents=True, exist_ok=True)  # a persisted DVC output
     for name in BASELINES:
         if name not in cfg.distill.baselines:  # trained under an earlier list: not this configuration's
             shutil.rmtree(folder / name, ignore_errors=True)
@@ -212,7 +212,7 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
                    stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
                    fingerprint=distill_fingerprint(cfg, method, train_cfg))
     if result.stopped_early:
-        raise StageError(f"{method} distillation stopped at step {result.steps} of {train_cfg.steps} (time limit or "
+        raise StoppedEarly(f"{method} distillation stopped at step {result.steps} of {train_cfg.steps} (time limit or "
                          f"stop request); its checkpoint is in {checkpoints}: run the stage "
                          "again to continue")
     if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
