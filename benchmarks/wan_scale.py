@@ -34,7 +34,7 @@ from dcm.config import LoraConfig, load_config
 from dcm.models.dual_expert import DETAIL, Student
 from dcm.models.wan import WanFamily
 from dcm.pipeline import DCMPipeline
-from dcm.schedule import euler_nodes, segment_edges
+from dcm.schedule import euler_nodes, method_edges
 
 REPO = Path(__file__).resolve().parents[1]
 # Wan2.1-T2V-1.3B's transformer/config.json
@@ -194,7 +194,7 @@ def main() -> None:
 
         student = Student(family, base)  # as DCMPipeline.from_pretrained(detail_weights="merged") builds it
         student.detail_kind, student.threshold, student.detail_transformer = "full", threshold, merged
-        edges = segment_edges("dcm", cfg.schedule, cfg.distill.kappa, cfg.distill.pcm_phases)
+        edges = method_edges("dcm", cfg.schedule, cfg.distill)
         info = {"family": "wan", "method": "dcm", "edges": edges, "threshold": threshold, "guidance": None,
                 "detail": "full", "schedule": cfg.schedule.model_dump(), "max_text_tokens": TEXT_TOKENS,
                 "defaults": {"frames": args.frames, "height": args.height, "width": args.width}}

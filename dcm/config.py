@@ -259,6 +259,7 @@ class DistillConfig(Strict):
     kappa: int = Field(ge=0)  # split node: nodes above it are the semantic expert's, at or below the detail expert's
     seed: int | None  # the students' random draws (data order, nodes, noise, LoRA/discriminator init); null: `seed`
     pcm_phases: int = Field(ge=2)  # PCM baseline: phases, each node maps to its phase's lower edge
+    detail_phases: int = Field(ge=1)  # DCM/single: phases of the detail segment (1: the paper's one jump to the end)
     teacher_mode: Literal["online", "trajectory"]  # run the teacher per step, or read precomputed ODE solves
     guidance_scale: float = Field(ge=0)  # the teacher's CFG (or embedded guidance) weight in the targets
     loss: Literal["pseudo_huber", "l2"]
@@ -400,13 +401,16 @@ class DCMConfig(Strict):
                              "both experts need at least one node")
         if self.distill.pcm_phases > self.schedule.euler_nodes:
             raise ValueError(f"distill.pcm_phases ({self.distill.pcm_phases}) exceeds schedule.euler_nodes")
+        if self.distill.detail_phases > self.distill.kappa + 1:
+            raise ValueError(f"distill.detail_phases ({self.distill.detail_phases}) exceeds the detail segment's "
+                             f"{self.distill.kappa + 1} nodes (distill.kappa + 1)")
         self._check_student_steps()
         return self
 
     def _check_student_steps(self) -> None:
         """Every configured DCM step count must fit the experts' segments (checked before any work)."""
-        from dcm.schedule import inference_sigmas, segment_edges
-        edges = segment_edges("dcm", self.schedule, self.distill.kappa, self.distill.pcm_phases)
+        from dcm.schedule import inference_sigmas, method_edges
+        edges = method_edges("dcm", self.schedule, self.distill)
         for key, counts in (("evaluate.student_steps", self.evaluate.student_steps),
                             ("distill.sample_steps", [self.distill.sample_steps]),
                             ("serving.default_steps", [self.serving.default_steps])):

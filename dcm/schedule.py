@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from dcm.config import ScheduleConfig
+from dcm.config import DistillConfig, ScheduleConfig
 
 TIMESTEP_SCALE = 1000.0  # diffusers flow-matching transformers take t = 1000·s
 
@@ -65,12 +65,23 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     return s * noise + (1.0 - s) * x0
 
 
+def renoise(x: torch.Tensor, noise: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
+    """Move x from sigma_from up to sigma_to along the straight path towards `noise`:
+    x' = ((1 − s_to)·x + (s_to − s_from)·noise) / (1 − s_from). With s_from = 0 this is add_noise; it keeps the
+    clean part at weight 1 − s_to and the noise weights summing to s_to (PCM's adversarial re-noising)."""
+    shape = (-1, *([1] * (x.ndim - 1)))
+    s_from, s_to = sigma_from.to(x.dtype).view(shape), sigma_to.to(x.dtype).view(shape)
+    return ((1.0 - s_to) * x + (s_to - s_from) * noise) / (1.0 - s_from)
+
+
 # -- consistency distillation: segments, targets and few-step inference (DESIGN.md §2) -----------------
 # Nodes are indexed 0 (lowest noise) … euler_nodes − 1 (pure noise); END = −1 stands for sigma 0, the end of
 # every trajectory. A method is its ascending list of segment *lower edges*: a node maps to the highest
 # edge below it. DCM: [END, κ] (semantic nodes > κ jump to σ_κ, detail nodes jump to the end); LCM: [END];
 # PCM with P phases: END plus P − 1 evenly spaced inner edges; `single` (the first rung of the paper's
-# ablation): DCM's two segments [END, κ] learnt by one expert over every node.
+# ablation): DCM's two segments [END, κ] learnt by one expert over every node. DCM and `single` with
+# D detail phases (a tuning knob, not the paper's method: D = 1 there) split the detail segment the way PCM
+# splits the whole grid, so the detail expert learns D shorter jumps instead of one from σ_κ to the end.
 
 END = -1
 
@@ -82,14 +93,31 @@ def node_sigma(cfg: ScheduleConfig, node: int) -> float:
     return 0.0 if node == END else float(euler_nodes(cfg)[node])
 
 
-def segment_edges(method: str, cfg: ScheduleConfig, kappa: int, phases: int) -> list[int]:
+def inner_edges(span: int, phases: int) -> list[int]:
+    """Lower edges that cut nodes 0 … span − 1 into `phases` phases of (nearly) equal node counts."""
+    return [k * span // phases - 1 for k in range(1, phases)]
+
+
+def segment_edges(method: str, cfg: ScheduleConfig, kappa: int, pcm_phases: int,
+                  detail_phases: int = 1) -> list[int]:
     if method in ("semantic", "detail", "dcm", "single"):
-        return [END, kappa]
+        return [END] + inner_edges(kappa + 1, detail_phases) + [kappa]
     if method == "lcm":
         return [END]
     if method == "pcm":
-        return [END] + [k * cfg.euler_nodes // phases - 1 for k in range(1, phases)]
+        return [END] + inner_edges(cfg.euler_nodes, pcm_phases)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def method_edges(method: str, cfg: ScheduleConfig, distill: DistillConfig) -> list[int]:
+    """segment_edges with the phase counts of a DistillConfig."""
+    return segment_edges(method, cfg, distill.kappa, distill.pcm_phases, distill.detail_phases)
+
+
+def nodes_above(edges: torch.Tensor, uniform: torch.Tensor, count: int) -> torch.Tensor:
+    """Per sample, a node drawn uniformly from edge + 1 … count − 1 (END: from node 0), given uniforms in [0, 1)."""
+    lowest = edges.long() + 1
+    return (lowest + (uniform * (count - lowest)).long()).clamp(max=count - 1)
 
 
 def target_node(node: int, edges: list[int]) -> int:

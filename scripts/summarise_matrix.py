@@ -65,26 +65,26 @@ def table(rows: dict, runs: list[str], steps: list[int] | None) -> str:
     return "\n".join(lines)
 
 
-def claim(rows: dict, steps: int = 4) -> str:
+def claim(rows: dict, run: str = "dcm", steps: int = 4) -> str:
     """The issue's test: DCM-4 within 5 % of the teacher, ahead of LCM-4 and PCM-4 by more than the spread."""
     teacher = next(r[0]["judge_overall"] for k, r in rows.items() if k[0] == "teacher")
-    if ("dcm", steps) not in rows:
-        return f"DCM-{steps}: no finished run yet."
-    def stats(run):
-        values = [r["judge_overall"] for r in rows[(run, steps)]]
+    name = f"{run}-{steps}"
+    if (run, steps) not in rows:
+        return f"{name}: no finished run yet."
+    def stats(other):
+        values = [r["judge_overall"] for r in rows[(other, steps)]]
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-    dcm, dcm_sd = stats("dcm")
-    relative = f"{100 * (dcm / teacher - 1):+.1f} %" if teacher else "(teacher scores 0)"
-    lines = [f"DCM-{steps} {dcm:.3f} vs teacher {teacher:.3f}: {relative} "
-             f"({'within' if dcm >= 0.95 * teacher else 'outside'} 5 %)"]
+    mean, sd = stats(run)
+    relative = f"{100 * (mean / teacher - 1):+.1f} %" if teacher else "(teacher scores 0)"
+    lines = [f"{name} {mean:.3f} vs teacher {teacher:.3f}: {relative} "
+             f"({'within' if mean >= 0.95 * teacher else 'outside'} 5 %)"]
     for other in ("lcm", "pcm"):
         if (other, steps) in rows:
-            mean, sd = stats(other)
-            margin = dcm - mean
-            verdict = "ahead by more than the spread" if margin > dcm_sd + sd else (
-                "behind by more than the spread" if -margin > dcm_sd + sd else "within the spread")
-            lines.append(f"DCM-{steps} − {other.upper()}-{steps} = {margin:+.3f} "
-                         f"(spreads {dcm_sd:.3f}, {sd:.3f}): {verdict}")
+            other_mean, other_sd = stats(other)
+            margin = mean - other_mean
+            verdict = "ahead by more than the spread" if margin > sd + other_sd else (
+                "behind by more than the spread" if -margin > sd + other_sd else "within the spread")
+            lines.append(f"{name} − {other}-{steps} = {margin:+.3f} (spreads {sd:.3f}, {other_sd:.3f}): {verdict}")
     return "\n".join(lines)
 
 
@@ -125,7 +125,7 @@ def main() -> None:
     print("## Comparison\n\n" + table(rows, tables.get("comparison", []), None) + "\n")
     print("## Ablation ladder (4 steps)\n\n" + table(rows, tables.get("ladder", []), [4]) + "\n")
     print("## Tuning (4 steps)\n\n" + table(rows, tables.get("tuning", []), [4]) + "\n")
-    print("## The claim\n\n" + claim(rows))
+    print("## The claim\n\n" + "\n\n".join(claim(rows, run) for run in tables.get("claim", ["dcm"])))
     if args.samples and args.grid:
         grids(args.samples, plan.get("final", []), args.grid, args.gif)
 

@@ -74,6 +74,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("distill.kappa=49", "distill.kappa \\(49\\) must lie in"),
+    ("distill.detail_phases=37", "distill.detail_phases \\(37\\) exceeds the detail segment's 36 nodes"),
     ("evaluate.student_steps=[4,200]", "evaluate.student_steps: 200 steps put 100 steps into the segment"),
     ("distill.sample_steps=60", "distill.sample_steps: 60 steps"),
     ("serving.default_steps=60", "serving.default_steps \\(60\\) exceeds serving.max_steps"),

@@ -104,6 +104,18 @@ def test_trajectory_mode_refuses_other_guidance(config):
         run_distill_stage(config("distill.teacher_mode=trajectory", "distill.guidance_scale=2.5"), "semantic")
 
 
+def test_detail_phases_train_a_phased_detail_expert_with_the_gan(config):
+    """κ = 4 on a 10-node grid, 2 detail phases: edges END, 1, 4; the GAN re-noises from each phase's edge."""
+    cfg = config("distill.detail_phases=2")
+    run_distill_stage(cfg, "semantic")
+    result = run_distill_stage(cfg, "detail")
+    assert len(result["losses"]) == 4 and all(torch.isfinite(torch.tensor(result["losses"])))
+    pipe = DCMPipeline.from_pretrained(result["folder"], torch.device("cpu"))
+    assert pipe.edges == [-1, 1, 4]
+    semantic_info = json.loads((Path(cfg.distill.out_dir) / "semantic" / "model_index.json").read_text())["dcm"]
+    assert semantic_info["edges"] == [-1, 4]  # the semantic stage's output does not depend on detail phases
+
+
 def test_detail_stage_needs_the_semantic_expert(config):
     with pytest.raises(StageError, match="run distill_semantic first"):
         run_distill_stage(config(), "detail")
@@ -215,6 +227,11 @@ def test_each_method_is_fingerprinted_by_the_settings_it_reads(config):
     assert method_settings(kappa, "lcm") == method_settings(base, "lcm")
     assert method_settings(kappa, "single") != method_settings(base, "single")
     assert "lora" not in method_settings(base, "semantic") and "lora" in method_settings(base, "detail")
+    phased = config("distill.detail_phases=2")  # the semantic expert is shared, detail and single train anew
+    assert method_settings(phased, "semantic") == method_settings(base, "semantic")
+    assert method_settings(phased, "pcm") == method_settings(base, "pcm")
+    assert method_settings(phased, "detail") != method_settings(base, "detail")
+    assert method_settings(phased, "single") != method_settings(base, "single")
 
 
 def test_changed_settings_train_anew_while_more_steps_resume(config):

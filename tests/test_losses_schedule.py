@@ -9,8 +9,9 @@ from dcm.config import ScheduleConfig
 from dcm.train.loop import lr_factor
 from dcm.losses import (feature_matching, hinge_discriminator, hinge_generator, l2, pseudo_huber,
                         temporal_coherence)
-from dcm.schedule import (END, euler_nodes, euler_step, expert_threshold, inference_sigmas, sampling_sigmas,
-                          segment_edges, shift_sigmas, steps_per_segment, target_node, training_nodes)
+from dcm.schedule import (END, add_noise, euler_nodes, euler_step, expert_threshold, inference_sigmas, inner_edges,
+                          nodes_above, renoise, sampling_sigmas, segment_edges, shift_sigmas, steps_per_segment,
+                          target_node, training_nodes)
 
 REFERENCE = ScheduleConfig(train_sigmas=1000, euler_nodes=50, shift=17.0)
 
@@ -59,6 +60,42 @@ def test_inference_sigmas_split_evenly_between_experts_by_hand():
     assert steps_per_segment(5, 2) == [3, 2] and steps_per_segment(1, 4) == [1, 0, 0, 0]
     with pytest.raises(ValueError, match="only 12 nodes"):
         inference_sigmas(REFERENCE, 26, dcm)  # 13 steps into the 12-node semantic segment
+
+
+def test_detail_phases_cut_the_detail_segment_like_pcm_by_hand():
+    assert inner_edges(36, 3) == [11, 23] and inner_edges(36, 1) == []  # 36·k//3 − 1
+    phased = segment_edges("dcm", REFERENCE, 35, 4, 3)
+    assert phased == [END, 11, 23, 35] and segment_edges("single", REFERENCE, 35, 4, 3) == phased
+    assert segment_edges("dcm", REFERENCE, 35, 4, 1) == [END, 35]  # the paper's DCM
+    assert segment_edges("pcm", REFERENCE, 35, 4, 3) == [END, 11, 24, 36]  # PCM ignores detail phases
+    # semantic nodes still jump to κ; detail nodes to their phase's lower edge
+    assert [target_node(n, phased) for n in (49, 36, 35, 24, 23, 12, 11, 0)] == [35, 35, 23, 23, 11, 11, END, END]
+    # 4 steps: one per segment, each starting at its top node (49, 35, 23, 11), as PCM-4 does
+    nodes = euler_nodes(REFERENCE)
+    assert inference_sigmas(REFERENCE, 4, phased).tolist() == pytest.approx(
+        [1.0, float(nodes[35]), float(nodes[23]), float(nodes[11]), 0.0])
+    assert steps_per_segment(2, 4) == [1, 1, 0, 0]  # 2 steps: semantic, then the detail expert from σ_35 to 0
+    assert inference_sigmas(REFERENCE, 2, phased).tolist() == pytest.approx([1.0, float(nodes[35]), 0.0])
+
+
+def test_renoise_by_hand():
+    x, noise = torch.full((2, 1), 2.0), torch.full((2, 1), -1.0)
+    # from 0.5 to 0.75: (0.25·2 + 0.25·(−1)) / 0.5 = 0.5; from 0 to 0.75 it is add_noise: 0.75·(−1) + 0.25·2
+    out = renoise(x, noise, torch.tensor([0.5, 0.0]), torch.tensor([0.75, 0.75]))
+    assert out.flatten().tolist() == pytest.approx([0.5, -0.25])
+    assert torch.allclose(renoise(x, noise, torch.zeros(2), torch.tensor([0.3, 0.9])),
+                          add_noise(x, noise, torch.tensor([0.3, 0.9])))
+    # a clean x (x = x0 at s_from = 0.5 means x = 0.5·eps + 0.5·x0): the result is s_to·eps + (1 − s_to)·x0
+    eps, x0 = torch.tensor([[1.0]]), torch.tensor([[3.0]])
+    assert renoise(0.5 * eps + 0.5 * x0, eps, torch.tensor([0.5]), torch.tensor([0.8])).item() == pytest.approx(
+        0.8 * 1.0 + 0.2 * 3.0)
+
+
+def test_nodes_above_the_edge_by_hand():
+    edges, count = torch.tensor([END, END, 23, 23, 23]), 36
+    uniform = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.9999])
+    # END: 0 + ⌊u·36⌋; edge 23: 24 + ⌊u·12⌋
+    assert nodes_above(edges, uniform, count).tolist() == [0, 18, 24, 30, 35]
 
 
 def test_shift_one_is_identity_and_sampling_grid():

@@ -17,6 +17,7 @@ PLAN = {"seeds": [0], "common": ["evaluate.prompts=3", "evaluate.student_steps=[
         "runs": {"dcm": {"method": "dcm"},
                  "lora_tc": {"method": "dcm", "overrides": ["distill.adversarial=none"]},  # dcm's semantic expert
                  "lora": {"method": "dcm", "overrides": ["distill.tc_weight=0", "distill.adversarial=none"]},
+                 "phased": {"method": "dcm", "overrides": ["distill.detail_phases=2"]},  # dcm's semantic expert
                  "lcm": {"method": "lcm"}},
         "final": ["dcm", "lcm"],
         "tables": {"comparison": ["dcm", "lcm"], "ladder": ["lora", "lora_tc", "dcm"], "tuning": []}}
@@ -40,10 +41,10 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     log = script("run_matrix.py", "--plan", str(plan), "--work", str(tmp_path / "work"), "--out", str(out),
                  "--teacher-parts", str(teacher), "--workers", "2", "--per-gpu", "3", "--budget-s", "800", *overrides)
     jobs = json.loads((out / "matrix.json").read_text())
-    assert sorted(jobs) == ["dcm-s0", "lcm-s0", "lora-s0", "lora_tc-s0", "semantic-dcm-s0", "semantic-lora-s0",
-                            "teacher-eval"], log  # lora_tc trained no semantic expert of its own
+    assert sorted(jobs) == ["dcm-s0", "lcm-s0", "lora-s0", "lora_tc-s0", "phased-s0", "semantic-dcm-s0",
+                            "semantic-lora-s0", "teacher-eval"], log  # lora_tc, phased: no semantic expert of their own
     assert all(job["state"] == "done" for job in jobs.values()), log
-    for name in ("dcm-s0", "lora-s0", "lora_tc-s0"):
+    for name in ("dcm-s0", "lora-s0", "lora_tc-s0", "phased-s0"):
         assert {"teacher_6", "dcm_1", "dcm_4"} <= set(jobs[name]["metrics"])
     assert jobs["lcm-s0"]["metrics"]["lcm_4"]["psnr_vs_teacher"] > 0
     # the teacher's rows were computed once and reused by every student's evaluation
@@ -58,7 +59,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
                      str(out / "samples.safetensors"), "--grid", str(tmp_path / "grid.png"), "--gif",
                      str(tmp_path / "grid.gif"))
     assert "| dcm | 4 | 1 |" in summary and "| lcm | 1 | 1 |" in summary and "| lora_tc | 4 | 1 |" in summary
-    assert "DCM-4 − LCM-4" in summary
+    assert "dcm-4 − lcm-4" in summary
     assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "grid.gif").stat().st_size > 0
 
     # Another machine continues the plan: what the first finished is kept, except the final runs' seed-0
@@ -69,6 +70,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
                  "--earlier", str(out / "matrix.json"), *overrides)
     states = {name: job["state"] for name, job in json.loads((again / "matrix.json").read_text()).items()}
     assert states == {"teacher-eval": "done", "semantic-dcm-s0": "done", "dcm-s0": "done", "lcm-s0": "done",
-                      "lora_tc-s0": "earlier", "semantic-lora-s0": "earlier", "lora-s0": "earlier"}, log
+                      "lora_tc-s0": "earlier", "semantic-lora-s0": "earlier", "lora-s0": "earlier",
+                      "phased-s0": "earlier"}, log
     kept = json.loads((again / "matrix.json").read_text())["lora-s0"]["metrics"]
     assert kept == jobs["lora-s0"]["metrics"]

@@ -1,9 +1,9 @@
 """The detail stage's adversarial terms (DESIGN.md §2): hinge GAN on the frozen teacher's block features
 plus feature matching through the teacher's output projection, and the discriminator's own step.
 
-Real = the consistency target, fake = the student's prediction, both pushed from the end of the
-trajectory up to one random detail-range sigma per sample with the same noise, then read by the frozen
-teacher with block taps.
+Real = the consistency target, fake = the student's prediction, both pushed from the segment edge they sit
+at (the end of the trajectory, or a detail phase's edge) up to one random detail-range sigma above it per
+sample, with the same noise, then read by the frozen teacher with block taps.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from dcm.config import DCMConfig
 from dcm.losses import feature_matching, hinge_discriminator, hinge_generator
 from dcm.models.discriminator import Discriminator
-from dcm.schedule import add_noise, euler_nodes
+from dcm.schedule import euler_nodes, nodes_above, renoise
 from dcm.train.distributed import average_gradients, mean_across
 from dcm.train.loop import device_generator
 
@@ -44,18 +44,19 @@ class AdversarialLoss:
                                   if self.teacher.guidance == "embedded" else None)
         return [feature.float() for feature in captured]
 
-    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor, cond: dict, generator: torch.Generator,
-                       total: int, part: slice):
-        """pred/target: this process's `part` of a batch of `total` (draws are made for all of it)."""
+    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor, edges: torch.Tensor, sigma_edge: torch.Tensor,
+                       cond: dict, generator: torch.Generator, total: int, part: slice):
+        """pred/target: this process's `part` of a batch of `total` (draws are made for all of it), sitting at the
+        segment edges `edges` (node indices, END for the clean end) whose sigmas are `sigma_edge`."""
         distill, device = self.cfg.distill, pred.device
-        pick = torch.randint(len(self.detail_sigmas), (total,), generator=generator)[part]
-        sigma = self.detail_sigmas[pick].to(device)
+        uniform = torch.rand(total, generator=generator)[part]
+        sigma = self.detail_sigmas[nodes_above(edges, uniform, len(self.detail_sigmas))].to(device)
         noise = torch.randn((total, *pred.shape[1:]), generator=device_generator(generator, device),
                             device=device)[part]
         grid = self.teacher.token_grid(tuple(pred.shape))
-        fake = self.features(add_noise(pred, noise, sigma), sigma, cond)
+        fake = self.features(renoise(pred, noise, sigma_edge, sigma), sigma, cond)
         with torch.no_grad():
-            real = self.features(add_noise(target, noise, sigma), sigma, cond)
+            real = self.features(renoise(target, noise, sigma_edge, sigma), sigma, cond)
         hinge = hinge_generator(self.discriminator(fake, grid))
         matching = feature_matching([self.teacher.project_features(f) for f in fake],
                                     [self.teacher.project_features(r) for r in real])

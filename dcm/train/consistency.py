@@ -21,7 +21,7 @@ from dcm.data.latents import stack, text_condition
 from dcm.losses import l2, pseudo_huber, temporal_coherence
 from dcm.models.dual_expert import Student
 from dcm.sampling import expand_uncond, guided_velocity
-from dcm.schedule import END, add_noise, euler_nodes, segment_edges, target_node, training_nodes
+from dcm.schedule import END, add_noise, euler_nodes, method_edges, target_node, training_nodes
 from dcm.train.adversarial import AdversarialLoss
 from dcm.train.distributed import local_slice
 from dcm.train.loop import device_generator, ema_update
@@ -39,7 +39,7 @@ class ConsistencyDistillation:
         distill = cfg.distill
         self.module, self.teacher, self.cfg, self.method = student, teacher, cfg, method
         self.device = next(student.parameters()).device
-        self.edges = segment_edges(method, cfg.schedule, distill.kappa, distill.pcm_phases)
+        self.edges = method_edges(method, cfg.schedule, distill)
         nodes = training_nodes(method, cfg.schedule, distill.kappa)
         if distill.teacher_mode == "trajectory":
             stored = set(stored_nodes or [])
@@ -115,7 +115,8 @@ class ConsistencyDistillation:
         total = consistency + tc_weight * coherence
         logs = {"consistency": consistency.item(), "temporal_coherence": coherence.item()}
         if self.adversarial is not None:
-            adversarial, adv_logs = self.adversarial.generator_loss(pred, target, cond, generator, count, part)
+            adversarial, adv_logs = self.adversarial.generator_loss(pred, target, edges, sigma_e, cond, generator,
+                                                                    count, part)
             total = total + adversarial
             logs |= adv_logs
         return total, logs

@@ -30,7 +30,7 @@ from dcm.models.dual_expert import Student
 from dcm.pipeline import DCMPipeline
 from dcm.precompute import EMPTY_PROMPT
 from dcm.precompute import MANIFEST as PRECOMPUTE_MANIFEST
-from dcm.schedule import expert_threshold, segment_edges
+from dcm.schedule import expert_threshold, method_edges, segment_edges
 from dcm.train.consistency import ConsistencyDistillation
 from dcm.train.distributed import rank_and_world
 from dcm.train.loop import resolve_device, train, training_fingerprint
@@ -122,6 +122,8 @@ def method_settings(cfg: DCMConfig, method: str) -> dict:
         dropped.add("pcm_phases")
     if method in ("lcm", "pcm"):
         dropped.add("kappa")
+    if method not in ("detail", "single"):  # the semantic expert jumps to σ_κ whatever the detail phases
+        dropped.add("detail_phases")
     if not (method == "detail" and cfg.distill.detail_expert == "lora"
             or method == "semantic" and cfg.distill.semantic_weights == "lora"):
         dropped.add("lora")
@@ -140,9 +142,10 @@ def distill_fingerprint(cfg: DCMConfig, method: str, train_cfg: TrainConfig) -> 
 
 def pipeline_info(cfg: DCMConfig, method: str, teacher, student: Student, steps: int) -> dict:
     name = OUTPUT_NAMES[method]
-    return {"family": teacher.name, "method": name, "kappa": cfg.distill.kappa,
-            "edges": segment_edges("dcm" if method in ("semantic", "detail") else method, cfg.schedule,
-                                   cfg.distill.kappa, cfg.distill.pcm_phases),
+    # The semantic stage's own samples know no detail phases: its output must not depend on them.
+    edges = (segment_edges("dcm", cfg.schedule, cfg.distill.kappa, cfg.distill.pcm_phases) if method == "semantic"
+             else method_edges("dcm" if method == "detail" else method, cfg.schedule, cfg.distill))
+    return {"family": teacher.name, "method": name, "kappa": cfg.distill.kappa, "edges": edges,
             "threshold": student.threshold, "guidance": student.guidance, "detail": student.detail_kind,
             "schedule": config_to_dict(cfg.schedule), "max_text_tokens": teacher.max_text_tokens,
             "defaults": {"frames": cfg.data.frames, "height": cfg.data.height, "width": cfg.data.width},
