@@ -16,13 +16,17 @@ from tests.conftest import REPO, TINY_TEACHER
 WORKER = REPO / "tests" / "ddp_worker.py"
 
 
-def two_processes(method: str, overrides: list[str], out) -> list[float]:
+def run_two(method: str, overrides: list[str], out, rank0_overrides: str = "", timeout: int = 600) -> dict:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(WORKER), str(REPO / "params.yaml"), method, str(out), *overrides]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "DDP_RANK0_OVERRIDES": rank0_overrides})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    record = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def two_processes(method: str, overrides: list[str], out) -> list[float]:
+    record = run_two(method, overrides, out)
     assert record["world"] == 2 and record["share"] * 2 == record["batch"]  # each computed half the batch
     return record["losses"]
 
@@ -33,6 +37,20 @@ def test_teacher_pretraining(make_config, tmp_path):
     single = run_teacher_stage(one)["losses"]
     overrides = [f"shard.dir={one.shard.dir}", f"teacher.out_dir={tmp_path / 'ddp'}",
                  f"teacher.checkpoint_dir={tmp_path / 'ddp-ckpt'}", *TINY_TEACHER]
+    assert two_processes("teacher", overrides, tmp_path / "losses.json") == pytest.approx(single, rel=1e-4)
+
+
+def test_a_time_limit_one_rank_hits_stops_both_at_the_same_step_and_the_run_continues(make_config, tmp_path):
+    """Only rank 0's clock runs out (its time limit is 1 µs): both ranks must stop after the same step (a rank
+    that went on would wait for the other's gradients for ever), and the next run continues to the losses
+    of an uninterrupted one."""
+    one = make_config(*TINY_TEACHER)
+    run_shard_stage(one)
+    single = run_teacher_stage(one)["losses"]
+    overrides = [f"shard.dir={one.shard.dir}", f"teacher.out_dir={tmp_path / 'ddp'}",
+                 f"teacher.checkpoint_dir={tmp_path / 'ddp-ckpt'}", *TINY_TEACHER]
+    stopped = run_two("teacher", overrides, tmp_path / "stopped.json", "teacher.toy.train.time_limit_s=0.000001", timeout=180)
+    assert "stopped at step 1 of" in stopped["stopped"]
     assert two_processes("teacher", overrides, tmp_path / "losses.json") == pytest.approx(single, rel=1e-4)
 
 

@@ -175,8 +175,12 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
             loss.backward()
             average_gradients(trainable)  # data parallel: every rank now holds the whole batch's gradient
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            # One host sync per step for both guards (each sync stalls the GPU queue).
-            loss_value, norm_value = torch.stack([mean_across(loss.detach().float()), grad_norm.float()]).tolist()
+            # One host sync per step for both guards and the clock (each sync stalls the GPU queue). The time
+            # limit is averaged too: data-parallel ranks must agree to stop at the same step, or one would
+            # wait for the others' gradients for ever.
+            late = float(time_limit_s is not None and time.perf_counter() - started > time_limit_s)
+            shared = mean_across(torch.stack([loss.detach().float(), torch.tensor(late, device=loss.device)]))
+            loss_value, late_share, norm_value = torch.cat([shared, grad_norm.float().view(1)]).tolist()
             if not math.isfinite(loss_value) or not math.isfinite(norm_value):
                 what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {norm_value}"
                 raise StageError(f"{what} at step {result.steps + 1}; the last good checkpoint in {checkpoint_dir} "
@@ -196,8 +200,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                                       "lr": scheduler.get_last_lr()[0], **logs,
                                       "samples_per_s": cfg.log_every * cfg.batch_size / max(elapsed, 1e-9)})
                 window_start = time.perf_counter()
-            out_of_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
-            stopping = (stop_after is not None and done_here >= stop_after) or out_of_time
+            stopping = (stop_after is not None and done_here >= stop_after) or late_share > 0
             if result.steps % cfg.checkpoint_every == 0 or result.steps == cfg.steps or stopping:
                 checkpoint()
             if stopping and result.steps < cfg.steps:

@@ -19,7 +19,7 @@ from dcm.config import DCMConfig, config_to_dict
 from dcm.data.sharding import MANIFEST as SHARD_MANIFEST
 from dcm.data.stream import SampleStream
 from dcm.data.tensors import clips_to_video, video_to_clips
-from dcm.errors import StageError
+from dcm.errors import StageError, StoppedEarly
 from dcm.eval.judge import judge_many
 from dcm.eval.prompts import heldout_prompts
 from dcm.io import read_json, sha256_file, write_json_atomic
@@ -118,7 +118,7 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
                    cfg.seed, on_log=on_log, stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
                    fingerprint=fingerprint)
     if result.stopped_early:
-        raise StageError(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
+        raise StoppedEarly(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
                          f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to continue")
     if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
         return {"losses": result.losses, "resumed_from": result.resumed_from}
