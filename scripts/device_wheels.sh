@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-PACKAGES=(diffusers peft webdataset braceexpand pydantic pydantic_core annotated-types typing-inspection)
+PACKAGES=(diffusers peft webdataset braceexpand pydantic pydantic_core annotated-types typing-inspection typing_extensions)
 pins=()
 for name in "${PACKAGES[@]}"; do
   version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$name'))")

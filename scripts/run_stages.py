@@ -8,6 +8,14 @@ orchestration for a process pool (shards) and prints progress instead of logging
 the teacher's metrics, a sample grid (PNG) and the trained teacher (tar, split into 15 MB parts) to
 --out, and for the later stages the students' metrics and the evaluation (metrics.json, report.md,
 samples.png). --teacher-parts unpacks a teacher written by an earlier call instead of training one.
+
+The teacher stage also runs data-parallel over every GPU of a machine (the global batch is split, the step
+is the one-process step):
+
+    torchrun --standalone --nproc_per_node 4 scripts/run_stages.py --stages teacher --resumable ...
+
+--resumable: a teacher stopped by its time limit keeps its checkpoint and exits with code 3 (the same
+command continues it); without it, a stopped teacher is finished at the step reached (benchmarks).
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from PIL import Image
 
 from dcm.config import load_config
 from dcm.data.sharding import finalize, plan_shards, write_shard
-from dcm.errors import StageError
+from dcm.errors import StoppedEarly
+from dcm.train.distributed import init_from_env, rank_and_world
 from dcm.train.teacher import run_teacher_stage
 
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20
 STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "single", "evaluate")
+STOPPED = 3  # exit code of a --resumable teacher that its time limit stopped
 
 
 def shard(cfg, workers: int) -> None:
@@ -61,6 +71,8 @@ def main() -> None:
     parser.add_argument("--stages", default="shard,teacher", help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--teacher-parts", help="folder with teacher_model.tar.part* from an earlier call")
     parser.add_argument("--no-model", action="store_true", help="do not copy the trained teacher to --out")
+    parser.add_argument("--resumable", action="store_true",
+                        help="a time-limited teacher keeps its checkpoint and exits with code 3")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.work)
@@ -75,6 +87,9 @@ def main() -> None:
     unknown = set(stages) - set(STAGES)
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+    rank, world = init_from_env()
+    if world > 1 and stages != ["teacher"]:
+        parser.error("under torchrun only --stages teacher runs (shard first, in one process)")
     if "shard" in stages:
         start = time.perf_counter()
         shard(cfg, args.workers)
@@ -82,8 +97,9 @@ def main() -> None:
     if args.teacher_parts:
         unpack_teacher(Path(args.teacher_parts), work / "teacher")
     if "teacher" in stages:
-        train_teacher(cfg, overrides, args, out, work, timings)
-    later(cfg, stages, out, work, timings)
+        train_teacher(cfg, overrides, args, out, work, timings, rank)
+    if rank == 0:
+        later(cfg, stages, out, work, timings)
 
 
 def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
@@ -128,22 +144,28 @@ def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
 
-def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timings: dict) -> None:
+def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timings: dict, rank: int) -> None:
     curve = []
 
     def on_log(step: int, metrics: dict) -> None:
         curve.append({"step": step, **metrics})
-        print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+        if rank == 0:
+            print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
 
     start = time.perf_counter()
     try:
         result = run_teacher_stage(cfg, on_log=on_log)
-    except StageError as stopped:  # the time limit ran out: finish at the step reached
+    except StoppedEarly as stopped:
         print(stopped, flush=True)
+        if args.resumable or rank_and_world()[1] > 1:  # ranks cannot re-run alone
+            sys.exit(STOPPED)
+        # benchmarks: finish at the step reached
         reached = json.loads(sorted((work / "checkpoints/teacher").glob("step-*"))[-1].joinpath("state.json").read_text())["step"]
         cfg = load_config(REPO / "params.yaml", [*overrides, f"teacher.toy.train.steps={reached}"])
         result = run_teacher_stage(cfg, on_log=on_log)
     timings["teacher_s"] = time.perf_counter() - start
+    if rank != 0:  # data parallel: rank 0 exported and judged the teacher
+        return
     device = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() "
                              "if torch.cuda.is_available() else 'cpu')"], capture_output=True, text=True).stdout.strip()
     report = {"device": device, "overrides": args.overrides, **timings, **result["manifest"],
