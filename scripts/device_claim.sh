@@ -5,6 +5,7 @@
 # $OUT returned (commit it, carry it): TEACHER_PARTS and EARLIER.
 #
 #   OUT=... [WORK=/tmp/claim] [TEACHER_PARTS=dir] [EARLIER=matrix.json] [PLAN=yaml] [PER_GPU=6] [WORKERS=16] \
+#     [TEACHER_ONLY=1] \
 #     bash scripts/device_claim.sh <budget_s> [-S key=value ...]
 #
 # Exit 3: stopped by the budget, call again. What comes back in $OUT (at most 8 files, the device's limit):
@@ -43,6 +44,7 @@ if [ -z "${TEACHER_PARTS:-}" ] && [ ! -f "$work/teacher/manifest.json" ]; then
   fi
   cp "$teacher_out"/teacher_model.tar.part* "$teacher_out/teacher_metrics.json" "$out/"
 fi
+[ -z "${TEACHER_ONLY:-}" ] || exit 0  # e.g. a one-GPU machine trains the teacher, a several-GPU one the plan
 
 matrix_s=$(( $(left) - 20 ))
 # too little left for the plan's prepare step and a useful stretch of training
