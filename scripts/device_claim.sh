@@ -5,7 +5,7 @@
 # $OUT returned (commit it, carry it): TEACHER_PARTS and EARLIER.
 #
 #   OUT=... [WORK=/tmp/claim] [TEACHER_PARTS=dir] [EARLIER=matrix.json] [PLAN=yaml] [PER_GPU=6] [WORKERS=16] \
-#     [TEACHER_ONLY=1] \
+#     [TEACHER_ONLY=1] [RUNS=dcm,lcm,...: a subset of the plan's runs first] \
 #     bash scripts/device_claim.sh <budget_s> [-S key=value ...]
 #
 # Exit 3: stopped by the budget, call again. What comes back in $OUT (at most 8 files, the device's limit):
@@ -50,5 +50,5 @@ matrix_s=$(( $(left) - 20 ))
 # too little left for the plan's prepare step and a useful stretch of training
 [ "$matrix_s" -gt 180 ] || { echo "plan: only $matrix_s s left this call; call again"; exit 3; }
 python3 scripts/run_matrix.py --work "$work" --out "$out" --workers "${WORKERS:-16}" --per-gpu "${PER_GPU:-6}" \
-  --budget-s "$matrix_s" ${PLAN:+--plan "$PLAN"} ${TEACHER_PARTS:+--teacher-parts "$TEACHER_PARTS"} \
+  --budget-s "$matrix_s" ${PLAN:+--plan "$PLAN"} ${RUNS:+--runs "$RUNS"} ${TEACHER_PARTS:+--teacher-parts "$TEACHER_PARTS"} \
   ${EARLIER:+--earlier "$EARLIER"} -S profile=gpu "$@"
