@@ -35,7 +35,7 @@ if [ -z "${TEACHER_PARTS:-}" ] && [ ! -f "$work/teacher/manifest.json" ]; then
   [ "$limit" -gt 60 ] || { echo "teacher: only $limit s left this call; call again"; exit 3; }
   echo "teacher: $gpus process(es), time limit $limit s"
   mkdir -p "$teacher_out"
-  torchrun --standalone --nproc_per_node "$gpus" scripts/run_stages.py --out "$teacher_out" --work "$work" \
+  python3 -m torch.distributed.run --standalone --nproc_per_node "$gpus" scripts/run_stages.py --out "$teacher_out" --work "$work" \
     --stages teacher --resumable -S profile=gpu -S "teacher.toy.train.time_limit_s=$limit" "$@" \
     2>&1 | tee "$teacher_out/log.txt"
   if [ ! -f "$work/teacher/manifest.json" ]; then  # torchrun reports a rank's exit 3 as a failure: read the log
