@@ -22,7 +22,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), ("judge_motion", "motion", 3),
            ("psnr_vs_teacher", "PSNR vs teacher", 2), ("ssim_vs_teacher", "SSIM vs teacher", 3),
-           ("oversaturated_fraction", "over-saturated", 3))
+           ("oversaturated_fraction", "over-saturated", 3), ("temporal_flicker", "temporal flicker", 4))
 
 
 def collect(paths: list[Path]) -> dict[tuple[str, int], list[dict]]:

@@ -11,6 +11,7 @@ import pytest
 from dcm.config import ConfigError
 from dcm.errors import StageError
 from dcm.eval.evaluate import run_evaluate_stage
+from dcm.eval.fidelity import temporal_flicker
 from dcm.eval.prompts import evaluation_prompts
 from dcm.eval.vbench_scores import upscale
 from dcm.eval.vbench_weights import write_stand_ins
@@ -95,6 +96,10 @@ def test_vbench_scores_land_in_metrics(config, tmp_path, monkeypatch):
     per_video = json.loads((tmp_path / "eval" / "vbench" / "dcm_4" / "dcm_4_eval_results.json").read_text())
     first = [r for r in per_video["temporal_flickering"][1] if r["video_path"].endswith("0000.mp4")][0]
     assert len(frames) == cfg.data.frames and first["video_results"] == pytest.approx((255 - expected) / 255)
+    # our own temporal_flicker (every evaluation row, no vbench needed) is vbench's formula: on the same
+    # decoded frames it gives vbench's value (rows hold it on the clips as generated, before the codec)
+    assert temporal_flicker(np.stack(frames)[None]) == pytest.approx(first["video_results"])
+    assert all(0 < metrics[row]["temporal_flicker"] <= 1 for row in ("teacher_6", "dcm_4"))
 
 
 def test_missing_vbench_weights_name_the_file(config, tmp_path, monkeypatch):

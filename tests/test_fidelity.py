@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dcm.eval.fidelity import psnr, saturation, saturation_stats, ssim
+from dcm.eval.fidelity import psnr, saturation, saturation_stats, ssim, temporal_flicker
 
 
 def test_psnr_by_hand():
@@ -36,3 +36,15 @@ def test_saturation_by_hand():
     stats = saturation_stats(pixels)
     assert stats["saturation_mean"] == pytest.approx(1.5 / 4)
     assert stats["oversaturated_fraction"] == pytest.approx(0.25)
+
+
+def test_temporal_flicker_by_hand():
+    still = np.full((1, 3, 2, 2, 3), 77, np.uint8)
+    assert temporal_flicker(still) == 1.0
+    blink = np.zeros((1, 3, 2, 2, 3), np.uint8)
+    blink[0, 1] = 51  # frames 0 → 51 → 0: every pixel changes by 51 twice, mean change 51 = 0.2·255
+    ramp = np.zeros((1, 3, 2, 2, 3), np.uint8)
+    ramp[0, 2, 0, 0, 0] = 255  # one value of 12 changes by 255 in the second pair only: mean (0 + 255/12) / 2
+    assert temporal_flicker(blink) == pytest.approx(0.8)
+    assert temporal_flicker(ramp) == pytest.approx(1 - (255 / 12 / 2) / 255)
+    assert temporal_flicker(np.concatenate([blink, still])) == pytest.approx(0.9)  # the mean over clips

@@ -21,7 +21,7 @@ import torch
 from dcm.config import DCMConfig, config_to_dict
 from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError
-from dcm.eval.fidelity import psnr, saturation_stats, ssim
+from dcm.eval.fidelity import psnr, saturation_stats, ssim, temporal_flicker
 from dcm.eval.judge import judge_many
 from dcm.eval.prompts import evaluation_prompts
 from dcm.eval.report import write_report
@@ -51,6 +51,7 @@ def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.
     judged = cfg.data.source == "shapes" and cfg.evaluate.prompt_source == "heldout"  # needs ground truth
     scores = judge_many(clips, prompts, cfg.data, cfg.judge) if judged else {}
     metrics = {f"judge_{k}": v for k, v in scores.items()} | saturation_stats(clips)
+    metrics["temporal_flicker"] = temporal_flicker(clips)
     metrics |= vbench_scores(clips, [p["caption"] for p in prompts], name, cfg.evaluate.vbench,
                              out / "vbench", device.type, cfg.data.fps)
     if reference is not None:

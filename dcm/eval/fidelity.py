@@ -1,8 +1,10 @@
-"""Pure metrics on uint8 clips (frames, height, width, 3): fidelity to the teacher and colour saturation.
+"""Pure metrics on uint8 clips (frames, height, width, 3): fidelity to the teacher, colour saturation and
+temporal flicker.
 
 PSNR and SSIM compare a student's clip with the teacher's clip from the same initial noise, so they
 measure how well the student reproduces *its teacher*, independent of the judge. Saturation statistics
-watch the GAN term's known failure (over-saturated colours).
+watch the GAN term's known failure (over-saturated colours). Temporal flicker is VBench's
+temporal_flickering formula on the raw clips, so every evaluation has it, with or without vbench.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ def ssim(clip: np.ndarray, reference: np.ndarray) -> float:
     cov = blur(x * y) - mu_x * mu_y
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return float(index.mean())
+
+
+def temporal_flicker(clips: np.ndarray) -> float:
+    """VBench's temporal_flickering, (255 − mean |frame_t+1 − frame_t|) / 255 per clip, averaged over clips:
+    1 for a still clip. VBench reads the frames back from an mp4; this reads them as generated (no codec).
+    The shapes move, so compare a student's value with its teacher's, not with 1."""
+    frames = np.asarray(clips).astype(np.float64)
+    change = np.abs(np.diff(frames, axis=1)).mean(axis=(1, 2, 3, 4))
+    return float(np.mean((255.0 - change) / 255.0))
 
 
 def saturation(clip: np.ndarray) -> np.ndarray:

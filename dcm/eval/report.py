@@ -11,7 +11,7 @@ from PIL import Image
 from dcm.io import atomic_path
 
 COLUMNS = ("judge_overall", "judge_colour", "judge_shape", "judge_motion", "psnr_vs_teacher", "ssim_vs_teacher",
-           "saturation_mean", "oversaturated_fraction", "latency_s", "speedup")
+           "saturation_mean", "oversaturated_fraction", "temporal_flicker", "latency_s", "speedup")
 GRID_FRAMES = 4  # frames per sample row
 GAP = 2  # pixels between rows
 
