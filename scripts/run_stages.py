@@ -14,8 +14,9 @@ is the one-process step):
 
     torchrun --standalone --nproc_per_node 4 scripts/run_stages.py --stages teacher --resumable ...
 
---resumable: a teacher stopped by its time limit keeps its checkpoint and exits with code 3 (the same
-command continues it); without it, a stopped teacher is finished at the step reached (benchmarks).
+--resumable: a teacher stopped by its time limit keeps its checkpoint, writes --out/teacher_stopped.txt
+and exits with code 3 (torchrun reports that as a failure; the file says otherwise); the same command
+continues it. Without it, a stopped teacher is finished at the step reached (benchmarks).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from dcm.train.teacher import run_teacher_stage
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20
 STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "single", "evaluate")
-STOPPED = 3  # exit code of a --resumable teacher that its time limit stopped
+STOPPED, STOPPED_FILE = 3, "teacher_stopped.txt"  # a --resumable teacher that its time limit stopped
 
 
 def shard(cfg, workers: int) -> None:
@@ -153,11 +154,14 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
             print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
 
     start = time.perf_counter()
+    (out / STOPPED_FILE).unlink(missing_ok=True)
     try:
         result = run_teacher_stage(cfg, on_log=on_log)
     except StoppedEarly as stopped:
         print(stopped, flush=True)
         if args.resumable or rank_and_world()[1] > 1:  # ranks cannot re-run alone
+            if rank == 0:
+                (out / STOPPED_FILE).write_text(f"{stopped}\n")
             sys.exit(STOPPED)
         # benchmarks: finish at the step reached
         reached = json.loads(sorted((work / "checkpoints/teacher").glob("step-*"))[-1].joinpath("state.json").read_text())["step"]
