@@ -13,7 +13,9 @@ meaningless, so only the `final` runs, evaluated together on an idle GPU at the 
 Writes to --out: matrix.json (every job: state, overrides, all evaluation rows), matrix.log (the tail of
 each job's log), samples.safetensors (every run's seed-0 clips of the first evaluate.grid_prompts prompts)
 and final_* (report.md, metrics.json, samples.png). `--earlier <matrix.json>` continues a plan that
-another machine began: the jobs it finished are kept as they are.
+another machine began: the jobs it finished are kept as they are (their students stay on that machine, so
+the final evaluation leaves them out). Exit code 3: work is left (a job stopped, or the final evaluation
+did not fit); the same command continues it.
 """
 
 from __future__ import annotations
@@ -91,14 +93,13 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
     return jobs
 
 
-def carry_over(jobs: list[Job], record: dict, final: list[str]) -> None:
-    """Jobs another machine finished (its matrix.json) are not run again, except the `final` runs' seed-0
-    students, whose models the final evaluation and the sample grid need, and semantic experts that a
-    detail job still to run starts from."""
+def carry_over(jobs: list[Job], record: dict) -> None:
+    """Jobs another machine finished (its matrix.json) are not run again: device time is too scarce to
+    train a student twice for the final evaluation's latency. Semantic experts are, where a detail job
+    still to run starts from them (the expert itself did not come back)."""
     for job in jobs:
         entry = record.get(job.name, {})
-        if job.stage != "semantic" and entry.get("state") in ("done", "earlier") and "metrics" in entry \
-                and not (job.run in final and job.seed == 0):
+        if job.stage != "semantic" and entry.get("state") in ("done", "earlier") and "metrics" in entry:
             job.state, job.earlier = "earlier", entry
     needed = {job.needs for job in jobs if job.needs and job.state != "earlier"}
     for job in jobs:
@@ -233,16 +234,31 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
         time.sleep(2)
 
 
-def final_evaluation(plan: dict, base: list[str], work: Path, out: Path) -> None:
-    """The `final` runs at seed 0 together, one process, latency measured on an otherwise idle GPU."""
+def final_runs(final: list[str], jobs: list[Job]) -> list[str] | None:
+    """The `final` runs whose seed-0 students this call trained, once all of them are done; None while one
+    is still to train, so that the final evaluation waits. Runs outside this call's --runs, or trained on an
+    earlier machine, are left out (their students are not here)."""
+    by_name = {job.name: job for job in jobs}
+    ready = []
+    for run in final:
+        job = by_name.get(f"{run}-s0")
+        if job is None or job.state == "earlier":
+            where = "was trained on an earlier machine" if job else "is not among this call's runs"
+            print(f"final evaluation: {run} at seed 0 {where}; leaving it out", flush=True)
+        elif job.state != "done":
+            return None
+        else:
+            ready.append(run)
+    return ready
+
+
+def final_evaluation(plan: dict, runs: list[str], base: list[str], work: Path, out: Path) -> None:
+    """The given `final` runs at seed 0 together, one process, latency measured on an otherwise idle GPU."""
     from dcm.config import load_config
     from dcm.eval.evaluate import evaluate_students
     from dcm.train.distill import OUTPUT_NAMES, output_folder
     folders = {}
-    for run in plan.get("final", []):
-        if not (work / "runs" / f"{run}-s0" / "result.json").is_file():
-            print(f"final evaluation: {run} at seed 0 is not finished; leaving it out", flush=True)
-            continue
+    for run in runs:
         method = plan["runs"][run]["method"]
         job_cfg = load_config(REPO / "params.yaml", [*base, *paths(work, f"{run}-s0")])
         folders[run] = output_folder(job_cfg, OUTPUT_NAMES["detail" if method == "dcm" else method])
@@ -296,7 +312,8 @@ def main() -> None:
     parser.add_argument("--per-gpu", type=int, default=6, help="jobs sharing one GPU")
     parser.add_argument("--budget-s", type=float, default=540, help="stop (with checkpoints) after this long")
     parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
-    parser.add_argument("--final-reserve-s", type=float, default=120, help="budget kept for the final evaluation")
+    parser.add_argument("--final-s", type=float, default=120,
+                        help="the least budget left, once every job is done, to start the final evaluation")
     parser.add_argument("--earlier", help="a matrix.json from another machine: its finished jobs are kept, not re-run")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
     parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)
@@ -320,18 +337,26 @@ def main() -> None:
     prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
     jobs = plan_jobs(plan, args.overrides, work)
     if args.earlier:
-        carry_over(jobs, json.loads(Path(args.earlier).read_text()), plan.get("final", []))
+        carry_over(jobs, json.loads(Path(args.earlier).read_text()))
     print(f"{sum(j.state == 'waiting' for j in jobs)} jobs to run on {gpus} GPU(s) × {args.per_gpu} "
           f"({sum(j.state == 'earlier' for j in jobs)} finished on an earlier machine)", flush=True)
-    final = [f"{run}-s0" for run in plan.get("final", [])]
-    try:  # the final evaluation's time is kept back from the jobs while it is still to do
-        reserve = args.final_reserve_s if final and not (work / "eval-final" / "metrics.json").is_file() else 0
-        schedule(jobs, work, out, gpus, args.per_gpu, budget_end - reserve)
-        finished = {job.name for job in jobs if job.state == "done"}
-        if final and set(final) <= finished and time.time() < budget_end - MARGIN_S:
-            final_evaluation(plan, args.overrides, work, out)
+    final_done = work / "eval-final" / "metrics.json"
+    try:  # training gets the whole budget: time kept back for the final evaluation is lost if jobs are unfinished
+        schedule(jobs, work, out, gpus, args.per_gpu, budget_end)
+        final = final_runs(plan.get("final", []), jobs) if not final_done.is_file() else []
+        if final and time.time() < budget_end - args.final_s:
+            final_evaluation(plan, final, args.overrides, work, out)
+        elif final:
+            print(f"final evaluation: less than {args.final_s:.0f} s left; call again", flush=True)
     finally:
         summarise(jobs, work, out)
+    failed = [job.name for job in jobs if job.state == "failed"]
+    if failed:  # running them again would fail again: their logs (matrix.log) say why
+        raise SystemExit(f"jobs failed: {', '.join(failed)}; see matrix.log in {out}")
+    left = [job.name for job in jobs if job.state not in ("done", "earlier")]
+    if left or (final and not final_done.is_file()):
+        print(f"work left: {', '.join(left) or 'the final evaluation'}", flush=True)
+        sys.exit(STOPPED)
 
 
 if __name__ == "__main__":
