@@ -62,9 +62,9 @@ class AdversarialLoss:
                                     [self.teacher.project_features(r) for r in real])
         loss = distill.adv_weight * (distill.generator_weight * hinge + distill.fm_weight * matching)
         self._pending = ([f.detach() for f in fake], real, grid)
-        return loss, {"g_hinge": hinge.item(), "feature_matching": matching.item()}
+        return loss, {"g_hinge": hinge.detach(), "feature_matching": matching.detach()}
 
-    def discriminator_step(self) -> dict[str, float]:
+    def discriminator_step(self) -> dict[str, torch.Tensor]:
         """One hinge step of the heads on the features the generator step just produced."""
         fake, real, grid = self._pending
         self._pending = None
@@ -73,4 +73,4 @@ class AdversarialLoss:
         loss.backward()
         average_gradients(self.discriminator.parameters())  # data parallel: the whole batch's gradient
         self.optimizer.step()
-        return {"d_hinge": mean_across(loss.detach()).item()}
+        return {"d_hinge": mean_across(loss.detach())}

@@ -113,7 +113,7 @@ class ConsistencyDistillation:
         coherence = temporal_coherence(pred, target, distill.tc_stride)  # logged by every method
         tc_weight = distill.tc_weight if self.method == "semantic" else 0.0
         total = consistency + tc_weight * coherence
-        logs = {"consistency": consistency.item(), "temporal_coherence": coherence.item()}
+        logs = {"consistency": consistency.detach(), "temporal_coherence": coherence.detach()}
         if self.adversarial is not None:
             adversarial, adv_logs = self.adversarial.generator_loss(pred, target, edges, sigma_e, cond, generator,
                                                                     count, part)
@@ -121,7 +121,7 @@ class ConsistencyDistillation:
             logs |= adv_logs
         return total, logs
 
-    def after_step(self) -> dict[str, float]:
+    def after_step(self) -> dict[str, torch.Tensor]:
         """After the student's optimiser step: the discriminator's step, then the target network's EMA."""
         logs = self.adversarial.discriminator_step() if self.adversarial else {}
         if self.target_net is not None:

@@ -3,7 +3,8 @@ checkpoints with exact resume, NaN guard, and metric callbacks.
 
 A method supplies `module` (what trains: its parameters with requires_grad) and `loss(batch, generator)
 -> (loss, logs)`; optionally `after_step() -> logs` (run after the optimiser step, e.g. a discriminator
-step) and `state_modules()` / `state_optimizers()`, extra state that checkpoints carry. Every random
+step). Logs are detached tensors (or floats): the loop reads them only on logging steps, since each read
+of a GPU value stalls the GPU queue and `state_modules()` / `state_optimizers()`, extra state that checkpoints carry. Every random
 draw goes through the single `generator`, which is checkpointed, so a run stopped at step k and
 resumed reproduces an uninterrupted run's loss sequence exactly on CPU. Under torchrun the loop is data
 parallel (dcm/train/distributed.py): methods draw for the whole batch and compute their slice of it.
@@ -32,7 +33,7 @@ from dcm.train.prefetch import Prefetcher, prefetch_kind
 class Method(Protocol):
     module: nn.Module
 
-    def loss(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]: ...
 
 
 class Stream(Protocol):
@@ -197,7 +198,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
             if on_log and (result.steps % cfg.log_every == 0 or result.steps == cfg.steps):
                 elapsed = time.perf_counter() - window_start
                 on_log(result.steps, {"loss": result.losses[-1], "grad_norm": norm_value,
-                                      "lr": scheduler.get_last_lr()[0], **logs,
+                                      "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in logs.items()},
                                       "samples_per_s": cfg.log_every * cfg.batch_size / max(elapsed, 1e-9)})
                 window_start = time.perf_counter()
             stopping = (stop_after is not None and done_here >= stop_after) or late_share > 0
