@@ -1,11 +1,12 @@
 """RESULTS.md's tables from the matrix.json files that scripts/run_matrix.py wrote, and sample grids.
 
     python scripts/summarise_matrix.py results/<run>/matrix.json [more.json ...] [--plan experiments/claim.yaml]
-        [--samples results/<run>/samples.safetensors --grid grid.png --gif grid.gif]
+        [--samples results/<run>/samples.safetensors [more ...] --grid grid.png --gif grid.gif]
 
 Each number is the mean over the seeds a run finished, ± the sample standard deviation (n − 1) when there
-are several. A job found in several files is taken from the last one. The grid and the GIF show, for the
-same prompts and noise, the teacher and each run of the plan's `final` list at every step count.
+are several. A job (or a sample row) found in several files is taken from the last one. The grid and the
+GIF show, for the same prompts and noise, the teacher and each run of the plan's `final` list at every step
+count, from every samples file given (runs finished on different machines).
 """
 
 from __future__ import annotations
@@ -88,11 +89,15 @@ def claim(rows: dict, run: str = "dcm", steps: int = 4) -> str:
     return "\n".join(lines)
 
 
-def grids(samples: Path, runs: list[str], png: Path, gif: Path | None, frames: int = 8) -> None:
+def load_samples(paths: list[Path]) -> dict[str, np.ndarray]:
+    """Every row of every samples file; a row in several files is taken from the last one."""
+    from safetensors.torch import load_file
+    return {key: clip.numpy() for path in paths for key, clip in load_file(path).items()}
+
+
+def grids(clips: dict[str, np.ndarray], runs: list[str], png: Path, gif: Path | None, frames: int = 8) -> None:
     """One row per model and step count, one column group per prompt: frames side by side (PNG), or the
     whole grid animated over time (GIF)."""
-    from safetensors.torch import load_file
-    clips = {k: v.numpy() for k, v in load_file(samples).items()}
     def position(key: str) -> tuple[int, int]:  # "<run>/<model>_<steps>": plan order, then steps
         return runs.index(key.split("/")[0]), int(key.rsplit("_", 1)[1])
 
@@ -115,7 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("matrices", nargs="+", type=Path)
     parser.add_argument("--plan", type=Path, default=REPO / "experiments" / "claim.yaml")
-    parser.add_argument("--samples", type=Path)
+    parser.add_argument("--samples", type=Path, nargs="+")
     parser.add_argument("--grid", type=Path)
     parser.add_argument("--gif", type=Path)
     args = parser.parse_args()
@@ -127,7 +132,7 @@ def main() -> None:
     print("## Tuning (4 steps)\n\n" + table(rows, tables.get("tuning", []), [4]) + "\n")
     print("## The claim\n\n" + "\n\n".join(claim(rows, run) for run in tables.get("claim", ["dcm"])))
     if args.samples and args.grid:
-        grids(args.samples, plan.get("final", []), args.grid, args.gif)
+        grids(load_samples(args.samples), plan.get("final", []), args.grid, args.gif)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
 
@@ -55,9 +55,15 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert {"teacher_6", "dcm/dcm_4", "lora/dcm_4", "lcm/lcm_1"} <= set(samples)
     assert tuple(samples["dcm/dcm_4"].shape) == (2, 4, 16, 16, 3)  # grid prompts, frames, H, W, RGB
 
+    # samples from two machines (here: the one file split in two) make one grid
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    save_file({k: v for k, v in samples.items() if k.startswith("lcm/")}, str(first))
+    save_file({k: v for k, v in samples.items() if not k.startswith("lcm/")}, str(second))
     summary = script("summarise_matrix.py", str(out / "matrix.json"), "--plan", str(plan), "--samples",
-                     str(out / "samples.safetensors"), "--grid", str(tmp_path / "grid.png"), "--gif",
+                     str(first), str(second), "--grid", str(tmp_path / "grid.png"), "--gif",
                      str(tmp_path / "grid.gif"))
+    grid_rows = summary.split("grid rows (top to bottom): ")[1].split(", ")
+    assert grid_rows[0] == "teacher_6" and {"dcm/dcm_4", "lcm/lcm_1", "lcm/lcm_4"} <= set(map(str.strip, grid_rows))
     assert "| dcm | 4 | 1 |" in summary and "| lcm | 1 | 1 |" in summary and "| lora_tc | 4 | 1 |" in summary
     assert "dcm-4 − lcm-4" in summary
     assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "grid.gif").stat().st_size > 0
