@@ -262,8 +262,6 @@ def final_evaluation(plan: dict, runs: list[str], base: list[str], work: Path, o
         method = plan["runs"][run]["method"]
         job_cfg = load_config(REPO / "params.yaml", [*base, *paths(work, f"{run}-s0")])
         folders[run] = output_folder(job_cfg, OUTPUT_NAMES["detail" if method == "dcm" else method])
-    if not folders:
-        return
     cfg = load_config(REPO / "params.yaml", [*base, *plan.get("common", []), *shared_paths(work),
                                              f"evaluate.out_dir={work}/eval-final"])
     # The teacher is generated again rather than its rows reused: they were timed beside the training

@@ -3,10 +3,10 @@ checkpoints with exact resume, NaN guard, and metric callbacks.
 
 A method supplies `module` (what trains: its parameters with requires_grad) and `loss(batch, generator)
 -> (loss, logs)`; optionally `after_step() -> logs` (run after the optimiser step, e.g. a discriminator
-step). Logs are detached tensors (or floats): the loop reads them only on logging steps, since each read
-of a GPU value stalls the GPU queue and `state_modules()` / `state_optimizers()`, extra state that checkpoints carry. Every random
-draw goes through the single `generator`, which is checkpointed, so a run stopped at step k and
-resumed reproduces an uninterrupted run's loss sequence exactly on CPU. Under torchrun the loop is data
+step) and `state_modules()` / `state_optimizers()`, extra state that checkpoints carry. Logs are detached
+tensors (or floats): the loop reads them only on logging steps, since each read of a GPU value stalls the
+GPU queue. Every random draw goes through the single `generator`, which is checkpointed, so a run
+stopped at step k and resumed reproduces an uninterrupted run's loss sequence exactly on CPU. Under torchrun the loop is data
 parallel (dcm/train/distributed.py): methods draw for the whole batch and compute their slice of it.
 """
 
