@@ -70,6 +70,20 @@ def shared_paths(work: Path) -> list[str]:
             f"evaluate.out_dir={work}/{TEACHER_EVAL}"]
 
 
+PLAN_KEYS = {"seeds", "common", "runs", "final", "final_overrides", "tables"}
+RUN_KEYS = {"method", "seeds", "overrides"}
+
+
+def plan_mistakes(plan: dict) -> list[str]:
+    """Misspelt keys of a plan, each named: a typo must not silently drop a run's overrides."""
+    mistakes = [f"{key}: unknown plan key (known: {', '.join(sorted(PLAN_KEYS))})" for key in set(plan) - PLAN_KEYS]
+    for run, spec in plan.get("runs", {}).items():
+        mistakes += [f"runs.{run}.{key}: unknown run key (known: {', '.join(sorted(RUN_KEYS))})"
+                     for key in set(spec) - RUN_KEYS]
+    mistakes += [f"final: {run} is not a run of the plan" for run in plan.get("final", []) if run not in plan["runs"]]
+    return sorted(mistakes)
+
+
 def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
     """Jobs in the plan's priority order; semantic experts deduplicated by the settings stage 1 reads."""
     from dcm.config import config_to_dict, load_config
@@ -262,11 +276,11 @@ def final_evaluation(plan: dict, runs: list[str], base: list[str], work: Path, o
         method = plan["runs"][run]["method"]
         job_cfg = load_config(REPO / "params.yaml", [*base, *paths(work, f"{run}-s0")])
         folders[run] = output_folder(job_cfg, OUTPUT_NAMES["detail" if method == "dcm" else method])
-    cfg = load_config(REPO / "params.yaml", [*base, *plan.get("common", []), *shared_paths(work),
-                                             f"evaluate.out_dir={work}/eval-final"])
+    cfg = load_config(REPO / "params.yaml", [*base, *plan.get("common", []), *plan.get("final_overrides", []),
+                                             *shared_paths(work), f"evaluate.out_dir={work}/eval-final"])
     # The teacher is generated again rather than its rows reused: they were timed beside the training
-    # jobs, and the speedup column must compare timings taken alike. One timed generation per row (each
-    # row is every prompt); models load before their timer starts.
+    # jobs, and the speedup column must compare timings taken alike. Models load before their timer starts;
+    # the plan's final_overrides set the timed generations per row (the median leaves out the cold first).
     result = evaluate_students(cfg, folders, work / "eval-final")
     for key, path in result["files"].items():
         if key in ("report", "grid"):
@@ -322,6 +336,9 @@ def main() -> None:
         sys.exit(run_job(json.loads(Path(args.job).read_text()), work, args.budget_end))
     budget_end = time.time() + args.budget_s
     plan = yaml.safe_load(Path(args.plan).read_text())
+    mistakes = plan_mistakes(plan)
+    if mistakes:
+        parser.error(f"{args.plan}: " + "; ".join(mistakes))
     if args.runs:
         chosen = args.runs.split(",")
         unknown = set(chosen) - set(plan["runs"])

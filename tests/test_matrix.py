@@ -19,7 +19,7 @@ PLAN = {"seeds": [0], "common": ["evaluate.prompts=3", "evaluate.student_steps=[
                  "lora": {"method": "dcm", "overrides": ["distill.tc_weight=0", "distill.adversarial=none"]},
                  "phased": {"method": "dcm", "overrides": ["distill.detail_phases=2"]},  # dcm's semantic expert
                  "lcm": {"method": "lcm"}},
-        "final": ["dcm", "lcm"],
+        "final": ["dcm", "lcm"], "final_overrides": ["evaluate.student_steps=[4]"],
         "tables": {"comparison": ["dcm", "lcm"], "ladder": ["lora", "lora_tc", "dcm"], "tuning": []}}
 
 
@@ -51,6 +51,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert "teacher_6 reused" in (tmp_path / "work" / "runs" / "lcm-s0" / "log.txt").read_text()
     final = json.loads((out / "final_metrics.json").read_text())
     assert {"dcm_4", "lcm_4"} <= set(final) and (out / "final_samples.png").stat().st_size > 0
+    assert "dcm_1" not in final  # the plan's final_overrides apply to the final evaluation only
     samples = load_file(out / "samples.safetensors")
     assert {"teacher_6", "dcm/dcm_4", "lora/dcm_4", "lcm/lcm_1"} <= set(samples)
     assert tuple(samples["dcm/dcm_4"].shape) == (2, 4, 16, 16, 3)  # grid prompts, frames, H, W, RGB
@@ -85,3 +86,17 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
                               "--work", str(tmp_path / "work2"), "--out", str(again), "--budget-s", "1",
                               "--runs", "lcm", *overrides], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert stopped.returncode == 3 and "work left: lcm-s0" in stopped.stdout, stopped.stdout + stopped.stderr
+
+
+def test_a_misspelt_plan_key_stops_before_any_work(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({**PLAN, "final_overides": ["evaluate.latency_repeats=3"],
+                                    "runs": {**PLAN["runs"], "lcm": {"method": "lcm", "override": ["x=1"]}}}))
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "run_matrix.py"), "--plan", str(plan),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and not (tmp_path / "work").exists()
+    assert "final_overides: unknown plan key" in done.stderr and "runs.lcm.override: unknown run key" in done.stderr
+    # the committed plan is well formed
+    sys.path.insert(0, str(REPO / "scripts"))
+    from run_matrix import plan_mistakes
+    assert plan_mistakes(yaml.safe_load((REPO / "experiments" / "claim.yaml").read_text())) == []
