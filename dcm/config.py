@@ -307,7 +307,7 @@ class EvaluateConfig(Strict):
 
     out_dir: str
     prompt_source: Literal["heldout", "file", "vbench"]  # heldout: val shards (the judge needs them)
-    prompt_file: str | None = None  # prompt_source: file — one prompt per line
+    prompt_file: str = Field(min_length=1)  # prompt_source: file — one prompt per line; dvc.yaml tracks its content
     prompts: int = Field(ge=1)  # how many prompts (heldout: unseen colour+shape pairs first)
     student_steps: list[int] = Field(min_length=1)  # step counts every student is evaluated at
     batch_size: int = Field(ge=1)
@@ -315,12 +315,6 @@ class EvaluateConfig(Strict):
     device: str
     grid_prompts: int = Field(ge=1)  # rows of the sample grid
     vbench: VBenchConfig
-
-    @model_validator(mode="after")
-    def _check(self) -> EvaluateConfig:
-        if self.prompt_source == "file" and not self.prompt_file:
-            raise ValueError("evaluate.prompt_source is 'file' but evaluate.prompt_file is not set")
-        return self
 
 
 class GateMetric(Strict):

@@ -134,7 +134,7 @@ def test_prompt_sources(config, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("evaluate.vbench.dimensions=[color]", "not available in custom_input mode"),
-    ("evaluate.prompt_source=file", "prompt_file is not set"),
+    ("evaluate.prompt_file=''", "evaluate.prompt_file"),
 ])
 def test_bad_evaluation_settings_are_named(config, override, message):
     with pytest.raises(ConfigError, match=message):

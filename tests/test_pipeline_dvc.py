@@ -61,6 +61,13 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert again.returncode == 0 and "up to date" in again.stdout
     assert [stage_runs(project, s) for s in STAGES] == [1, 1, 1, 1, 1, 1, 1]  # nothing re-ran
 
+    prompts = project / "prompts" / "evaluate.txt"  # evaluate.prompt_file: its content is a dependency
+    shipped = prompts.read_text()
+    prompts.write_text(shipped + "a green square moving down on a black background\n")
+    status = dvc(project, "status", "evaluate")
+    assert "modified:" in status.stdout and "prompts/evaluate.txt" in status.stdout, status.stdout
+    prompts.write_text(shipped)
+
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["precompute"]["wait_for_ranks_s"] = 60  # a param only precompute reads (the profile leaves it)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
