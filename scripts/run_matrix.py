@@ -77,10 +77,13 @@ RUN_KEYS = {"method", "seeds", "overrides"}
 def plan_mistakes(plan: dict) -> list[str]:
     """Misspelt keys of a plan, each named: a typo must not silently drop a run's overrides."""
     mistakes = [f"{key}: unknown plan key (known: {', '.join(sorted(PLAN_KEYS))})" for key in set(plan) - PLAN_KEYS]
-    for run, spec in plan.get("runs", {}).items():
+    mistakes += [f"{key}: missing (every plan names its runs and their seeds)" for key in ("runs", "seeds")
+                 if key not in plan]
+    runs = plan.get("runs", {})
+    for run, spec in runs.items():
         mistakes += [f"runs.{run}.{key}: unknown run key (known: {', '.join(sorted(RUN_KEYS))})"
                      for key in set(spec) - RUN_KEYS]
-    mistakes += [f"final: {run} is not a run of the plan" for run in plan.get("final", []) if run not in plan["runs"]]
+    mistakes += [f"final: {run} is not a run of the plan" for run in plan.get("final", []) if run not in runs]
     return sorted(mistakes)
 
 

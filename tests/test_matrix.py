@@ -88,7 +88,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert stopped.returncode == 3 and "work left: lcm-s0" in stopped.stdout, stopped.stdout + stopped.stderr
 
 
-def test_a_misspelt_plan_key_stops_before_any_work(tmp_path):
+def test_a_misspelt_plan_key_stops_before_any_work(tmp_path, monkeypatch):
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({**PLAN, "final_overides": ["evaluate.latency_repeats=3"],
                                     "runs": {**PLAN["runs"], "lcm": {"method": "lcm", "override": ["x=1"]}}}))
@@ -97,6 +97,6 @@ def test_a_misspelt_plan_key_stops_before_any_work(tmp_path):
     assert done.returncode == 2 and not (tmp_path / "work").exists()
     assert "final_overides: unknown plan key" in done.stderr and "runs.lcm.override: unknown run key" in done.stderr
     # the committed plan is well formed
-    sys.path.insert(0, str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
     from run_matrix import plan_mistakes
     assert plan_mistakes(yaml.safe_load((REPO / "experiments" / "claim.yaml").read_text())) == []
