@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 # Every pip call, including those pip makes for build dependencies, honours the pins.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: run test install clean server deploy worker
+.PHONY: run test test-fast install clean server deploy worker
 
 # Scheduled runs (README): a Prefect server on loopback, the deployments of prefect.yaml, a worker.
 PREFECT_PORT ?= 4200
@@ -32,6 +32,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The edit loop: unit and tiny-component tests only (no subprocess pipelines, no servers); ~3 min.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "fast and not integration"
 
 server: $(STAMP)
 	$(PREFECT_ENV) prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)

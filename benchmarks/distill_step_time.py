@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from dcm.config import load_config
-from dcm.env import apply_runtime_defaults
-from dcm.train.distill import run_distill_stage
+from dcm.ops.env import apply_runtime_defaults
+from dcm.stages.distill import run_distill_stage
 
 REPO = Path(__file__).resolve().parents[1]
 

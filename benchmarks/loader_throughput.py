@@ -23,7 +23,7 @@ from distill_step_time import step_times  # this folder's distillation step benc
 from dcm.config import load_config
 from dcm.data.latents import decode_precomputed
 from dcm.data.stream import SampleStream
-from dcm.env import apply_runtime_defaults
+from dcm.ops.env import apply_runtime_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dcm.env import apply_runtime_defaults
-from flows.shard import run
+from dcm.ops.env import apply_runtime_defaults
+from dcm.ops.flows.shard import run
 
 REPO = Path(__file__).resolve().parents[1]
 

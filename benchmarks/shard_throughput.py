@@ -71,7 +71,7 @@ def main() -> None:
              "data.shapes.val_samples=0", f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
              f"tracking.artifacts={work / 'mlartifacts'}"]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dcm.cli", "shard", "--params", str(REPO / "params.yaml"),
+    subprocess.run([sys.executable, "-m", "dcm.ops.cli", "shard", "--params", str(REPO / "params.yaml"),
                     *sum((["-S", o] for o in reuse), [])], check=True, capture_output=True, cwd=REPO)
     print(f"dcm shard with every shard reused (Prefect + MLflow fixed cost): {time.perf_counter() - start:.1f} s")
     shutil.rmtree(work)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dcm.schedule import inference_sigmas, method_edges
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 # Unit vectors in image coordinates (x to the right, y downwards): the meaning of each motion word.
@@ -29,6 +31,11 @@ DIRECTION_VECTORS: dict[str, tuple[float, float]] = {
     "still": (0.0, 0.0),
 }
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond")
+# VBench dimensions that run in custom_input mode (own prompts and videos); dcm/eval/vbench_weights.py names
+# the checkpoints each one reads, and a test keeps the two lists equal.
+VBENCH_DIMENSIONS = ("temporal_flickering", "motion_smoothness", "dynamic_degree", "subject_consistency",
+                     "background_consistency", "aesthetic_quality", "imaging_quality", "human_action",
+                     "temporal_style", "overall_consistency")
 
 RGB = tuple[int, int, int]
 
@@ -294,11 +301,10 @@ class VBenchConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> VBenchConfig:
-        from dcm.eval.vbench_weights import REQUIRED
-        unknown = [d for d in self.dimensions if d not in REQUIRED]
+        unknown = [d for d in self.dimensions if d not in VBENCH_DIMENSIONS]
         if unknown:
             raise ValueError(f"vbench dimensions {unknown} are not available in custom_input mode; "
-                             f"choose from {sorted(REQUIRED)}")
+                             f"choose from {sorted(VBENCH_DIMENSIONS)}")
         return self
 
 
@@ -403,7 +409,6 @@ class DCMConfig(Strict):
 
     def _check_student_steps(self) -> None:
         """Every configured DCM step count must fit the experts' segments (checked before any work)."""
-        from dcm.schedule import inference_sigmas, method_edges
         edges = method_edges("dcm", self.schedule, self.distill)
         for key, counts in (("evaluate.student_steps", self.evaluate.student_steps),
                             ("distill.sample_steps", [self.distill.sample_steps]),

@@ -30,6 +30,7 @@ from dcm.config import ScheduleConfig
 from dcm.models.dual_expert import DETAIL, Student
 from dcm.models.lora_io import load_modules, save_adapter, save_modules
 from dcm.models.registry import family_class
+from dcm.sampling import seeded_noise
 from dcm.schedule import euler_step, inference_sigmas
 
 INDEX = "model_index.json"
@@ -150,7 +151,6 @@ class DCMPipeline:
                batch_size: int) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1], each prompt from its own seeded noise (`sampling.seeded_noise`), so a
         student starts from the same noise as the teacher's reference sampler for the same prompt."""
-        from dcm.sampling import seeded_noise
         shape = self.family.latent_shape(frames, height, width)
         parts = []
         for start in range(0, len(prompts), batch_size):

@@ -7,11 +7,28 @@ node is pure noise (s = 1).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
-from dcm.config import DistillConfig, ScheduleConfig
-
 TIMESTEP_SCALE = 1000.0  # diffusers flow-matching transformers take t = 1000·s
+
+
+class ScheduleConfig(Protocol):
+    """What the schedule reads of params.yaml's `schedule` section (dcm.config.ScheduleConfig has it):
+    a protocol, so that this math module depends on nothing of the project."""
+
+    train_sigmas: int
+    euler_nodes: int
+    shift: float
+
+
+class PhaseConfig(Protocol):
+    """The segment settings of `distill` (dcm.config.DistillConfig has them)."""
+
+    kappa: int
+    pcm_phases: int
+    detail_phases: int
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -109,8 +126,8 @@ def segment_edges(method: str, cfg: ScheduleConfig, kappa: int, pcm_phases: int,
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-def method_edges(method: str, cfg: ScheduleConfig, distill: DistillConfig) -> list[int]:
-    """segment_edges with the phase counts of a DistillConfig."""
+def method_edges(method: str, cfg: ScheduleConfig, distill: PhaseConfig) -> list[int]:
+    """segment_edges with the phase counts of the distill settings."""
     return segment_edges(method, cfg, distill.kappa, distill.pcm_phases, distill.detail_phases)
 
 

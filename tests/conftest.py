@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from dcm.config import load_config
-from dcm.data.sharding import run_shard_stage
-from dcm.precompute import run_precompute_stage
-from dcm.train.teacher import run_teacher_stage
-from dcm.env import apply_runtime_defaults
+from dcm.ops.env import apply_runtime_defaults
 
 REPO = Path(__file__).resolve().parents[1]
-apply_runtime_defaults(REPO)
+apply_runtime_defaults(REPO)  # before the stages import Hugging Face libraries: nothing from a hub
+
+from dcm.config import load_config  # noqa: E402
+from dcm.stages.precompute import run_precompute_stage  # noqa: E402
+from dcm.stages.shard import run_shard_stage  # noqa: E402
+from dcm.stages.teacher import run_teacher_stage  # noqa: E402
+
+TIERS = ("fast", "integration")  # pyproject.toml: `make test-fast` runs fast and not integration
+
+
+def pytest_collection_modifyitems(items):
+    """Every test belongs to a tier, so that a new test cannot silently slip out of the edit loop or into it."""
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker ({' or '.join(TIERS)}): {untiered[:10]}")
 
 
 @pytest.fixture
@@ -61,9 +78,10 @@ def data_overrides(root: Path) -> list[str]:
             "data.shapes.train_samples=16", "data.shapes.val_samples=6", "shard.samples_per_shard=8"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
-    """Shards, a tiny trained teacher and its precompute (every sample with a trajectory), made once."""
+    """Shards, a tiny trained teacher and its precompute (every sample with a trajectory), made once per test
+    session and only read afterwards (each test distils into its own temp folders)."""
     root = tmp_path_factory.mktemp("prepared")
     overrides = [*TINY_TEACHER, *TINY_DISTILL, *ALL_TRAJECTORIES, *data_overrides(root)]
     cfg = load_config(REPO / "params.yaml", overrides)
@@ -82,3 +100,60 @@ def config(prepared, tmp_path):
                                                   f"registry.reevaluation_dir={tmp_path / 'reevaluation'}",
                                                   f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
     return build
+
+
+PREFECT_STARTUP_S = 180  # a fresh server migrates its database first; slow on a 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server start` on a free loopback port for the whole test session (its own home),
+    stopped by PID at the end. Starting a server costs tens of seconds here: every test that needs a Prefect
+    API shares this one."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "server.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + PREFECT_STARTUP_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5):
+                break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.close()
+                pytest.fail("prefect server did not start:\n" + log_path.read_text()[-3000:])
+            time.sleep(1)
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)  # the server's own uvicorn/services children too
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server):
+    """The session's Prefect server as PREFECT_API_URL for every process the tests start from now on (`dcm`
+    stage commands under `dvc repro`), instead of each starting a temporary API of its own."""
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = prefect_server
+    yield prefect_server
+    if previous is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = previous

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from dcm.config import load_config
 from dcm.errors import StoppedEarly
-from dcm.train.distill import run_distill_stage
-from dcm.train.distill import train_config
+from dcm.stages.distill import run_distill_stage
+from dcm.stages.distill import train_config
 from dcm.train.distributed import init_from_env, local_slice
-from dcm.train.teacher import run_teacher_stage
+from dcm.stages.teacher import run_teacher_stage
 
 if __name__ == "__main__":
     params, method, out, *overrides = sys.argv[1:]

@@ -19,16 +19,18 @@ BIN = Path(sys.executable).parent
 STAGES = ("shard", "teacher", "precompute", "distill_semantic", "distill_detail", "evaluate", "register")
 SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16",
          "registry.min_speedup=0.0"]  # tiny models on a shared CPU: latency is noise (the gate has its own tests)
+SKIPPED = ("data/", "results/", "research/")
 GIT = ["git", "-c", "user.name=dcm-test", "-c", "user.email=dcm-test@example.invalid"]
 
 
 def copy_project(root: Path) -> Path:
-    """The repo's tracked and untracked-but-not-ignored files (never data/: outputs of this checkout),
-    with a `tiny` profile selected in params.yaml: the pipeline as shipped, only smaller."""
+    """The repo's tracked and untracked-but-not-ignored files, with a `tiny` profile selected in params.yaml:
+    the pipeline as shipped, only smaller. Never data/ (outputs of this checkout) nor the files the research
+    harness and RESULTS.md keep (results/, research/): no stage reads them."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.split()
     for name in listed:
-        if (REPO / name).is_file() and not name.startswith("data/"):
+        if (REPO / name).is_file() and not name.startswith(SKIPPED):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -16,14 +16,16 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from dcm.data.reader import decode_sample, make_dataset, read_shard
-from dcm.data.sharding import run_shard_stage
+from dcm.stages.shard import run_shard_stage
 from dcm.errors import StageError
 from dcm.io import read_json, sha256_file, write_json_atomic
-from dcm.precompute import run_precompute_stage
+from dcm.stages.precompute import run_precompute_stage
 from dcm.train.checkpoint import latest_checkpoint
-from dcm.train.distill import run_distill_stage
-from dcm.train.teacher import load_teacher, run_teacher_stage
+from dcm.stages.distill import run_distill_stage
+from dcm.stages.teacher import load_teacher, run_teacher_stage
 from tests.conftest import TINY_TEACHER
+
+pytestmark = pytest.mark.fast
 
 
 class Payload:

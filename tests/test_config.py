@@ -6,6 +6,8 @@ import pytest
 from dcm.config import ConfigError, flatten, load_config, parse_override
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.fast
+
 
 def write_params(tmp_path, edit):
     text = (REPO / "params.yaml").read_text()
@@ -65,7 +67,7 @@ def test_flatten():
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     path = write_params(tmp_path, lambda t: t.replace("seed: 0", "seed: 0\nsede: 1", 1))
-    result = subprocess.run([sys.executable, "-m", "dcm.cli", "config", "show", "--params", str(path)],
+    result = subprocess.run([sys.executable, "-m", "dcm.ops.cli", "config", "show", "--params", str(path)],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0

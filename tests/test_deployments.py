@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import time
 import urllib.request
 
 import mlflow
 import pytest
 
 from dcm.io import read_json
-from tests.project import BIN, copy_project, run_in
+from tests.project import copy_project, run_in
+
+pytestmark = pytest.mark.integration
 
 POOL = "dcm"
-STARTUP_S = 180  # a fresh server migrates its database first; slow on a 2-core machine
 RUN_S = 900
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def api(url: str, path: str, body: dict | None = None):
@@ -36,33 +26,9 @@ def api(url: str, path: str, body: dict | None = None):
 
 
 @pytest.fixture
-def server(tmp_path):
-    """`prefect server start` on a free loopback port with its own home; stopped by PID."""
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + STARTUP_S
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.close()
-                pytest.fail("prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(1)
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)  # the server's own uvicorn/services children too
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    log.close()
+def server(prefect_server):
+    """The session's `prefect server start` (tests/conftest.py): a real server on loopback, stopped by PID."""
+    return prefect_server
 
 
 def run_deployment(project, env, name: str) -> dict:

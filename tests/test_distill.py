@@ -12,17 +12,19 @@ import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file
 
-from dcm.cli import main as cli
-from dcm.data.sharding import run_shard_stage
+from dcm.ops.cli import main as cli
+from dcm.stages.shard import run_shard_stage
 from dcm.errors import StageError
 from dcm.models.dual_expert import Student
 from dcm.models.lora_io import MODULES_FILE
 from dcm.pipeline import DCMPipeline
-from dcm.precompute import run_precompute_stage
+from dcm.stages.precompute import run_precompute_stage
 from dcm.schedule import expert_threshold
-from dcm.train.distill import finish_baselines, method_settings, run_distill_stage
-from dcm.train.teacher import load_teacher
+from dcm.stages.distill import finish_baselines, method_settings, run_distill_stage
+from dcm.stages.teacher import load_teacher
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.fast
 
 def perturbed_student(cfg, kind: str) -> Student:
     """A dual-expert student whose detail expert differs from its semantic expert."""

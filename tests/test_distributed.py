@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
-from dcm.data.sharding import run_shard_stage
-from dcm.train.distill import run_distill_stage
-from dcm.train.teacher import run_teacher_stage
+from dcm.stages.shard import run_shard_stage
+from dcm.stages.distill import run_distill_stage
+from dcm.stages.teacher import run_teacher_stage
 from tests.conftest import REPO, TINY_TEACHER
+
+pytestmark = pytest.mark.integration
 
 WORKER = REPO / "tests" / "ddp_worker.py"
 

@@ -10,12 +10,14 @@ import pytest
 
 from dcm.config import ConfigError
 from dcm.errors import StageError
-from dcm.eval.evaluate import run_evaluate_stage
+from dcm.stages.evaluate import run_evaluate_stage
 from dcm.eval.fidelity import temporal_flicker
 from dcm.eval.prompts import evaluation_prompts
 from dcm.eval.vbench_scores import upscale
 from dcm.eval.vbench_weights import write_stand_ins
-from dcm.train.distill import run_distill_stage
+from dcm.stages.distill import run_distill_stage
+
+pytestmark = pytest.mark.fast
 
 
 def test_evaluation_compares_teacher_dcm_and_baselines(config):

@@ -18,6 +18,8 @@ from dcm.models.family import TeacherFolderError
 from dcm.models.registry import family_class
 from dcm.sampling import guided_velocity
 
+pytestmark = pytest.mark.fast
+
 WORDS = ["[PAD]", "[UNK]", "</s>", "a", "red", "circle", "moving", "left", "on", "black", "background"]
 VOCAB = len(WORDS)
 

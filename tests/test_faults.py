@@ -11,12 +11,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dcm.config import parse_override
 from dcm.io import read_json
 from dcm.train.checkpoint import latest_checkpoint
 from tests.project import BIN, copy_project, run_in
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
 # More work per stage than the tiny profile, so that a kill lands after a stage has saved some of it and
 # before it is done: 10 shards, 24 teacher steps and 16 of each expert, checkpoints every 4, 4 student rows.

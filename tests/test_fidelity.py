@@ -7,6 +7,8 @@ import pytest
 
 from dcm.eval.fidelity import psnr, saturation, saturation_stats, ssim, temporal_flicker
 
+pytestmark = pytest.mark.fast
+
 
 def test_psnr_by_hand():
     a = np.zeros((2, 4, 4, 3), np.uint8)

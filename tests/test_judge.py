@@ -16,6 +16,8 @@ from dcm.data.shapes import make_sample, prompt_attributes
 from dcm.eval.judge import judge_clip, palette_probabilities, ramp_down, ramp_up, shape_moments
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.fast
+
 CFG = load_config(REPO / "params.yaml")
 N = 60
 

@@ -13,6 +13,8 @@ from dcm.schedule import (END, add_noise, euler_nodes, euler_step, expert_thresh
                           nodes_above, renoise, sampling_sigmas, segment_edges, shift_sigmas, steps_per_segment,
                           target_node, training_nodes)
 
+pytestmark = pytest.mark.fast
+
 REFERENCE = ScheduleConfig(train_sigmas=1000, euler_nodes=50, shift=17.0)
 
 

@@ -1,15 +1,18 @@
-"""scripts/run_matrix.py on a tiny plan (CPU): jobs share a semantic expert where stage 1's settings are
-equal, every student is evaluated against the teacher's rows, and scripts/summarise_matrix.py turns the
+"""research/run_matrix.py on a tiny plan (CPU): jobs share a semantic expert where stage 1's settings are
+equal, every student is evaluated against the teacher's rows, and research/summarise_matrix.py turns the
 result into RESULTS.md's tables and a sample grid."""
 
 import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
+
+pytestmark = pytest.mark.integration
 
 DATA = ["data.shapes.train_samples=16", "data.shapes.val_samples=6", "shard.samples_per_shard=8"]
 PLAN = {"seeds": [0], "common": ["evaluate.prompts=3", "evaluate.student_steps=[1,4]", "evaluate.vbench.dimensions=[]",
@@ -24,7 +27,7 @@ PLAN = {"seeds": [0], "common": ["evaluate.prompts=3", "evaluate.student_steps=[
 
 
 def script(name: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(REPO / "research" / name), *args], capture_output=True, text=True,
                           timeout=900, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -82,7 +85,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert kept == jobs["lora-s0"]["metrics"]
 
     # A budget that ends before a job could start: exit code 3, call again.
-    stopped = subprocess.run([sys.executable, str(REPO / "scripts" / "run_matrix.py"), "--plan", str(plan),
+    stopped = subprocess.run([sys.executable, str(REPO / "research" / "run_matrix.py"), "--plan", str(plan),
                               "--work", str(tmp_path / "work2"), "--out", str(again), "--budget-s", "1",
                               "--runs", "lcm", *overrides], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert stopped.returncode == 3 and "work left: lcm-s0" in stopped.stdout, stopped.stdout + stopped.stderr
@@ -92,11 +95,11 @@ def test_a_misspelt_plan_key_stops_before_any_work(tmp_path, monkeypatch):
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({**PLAN, "final_overides": ["evaluate.latency_repeats=3"],
                                     "runs": {**PLAN["runs"], "lcm": {"method": "lcm", "override": ["x=1"]}}}))
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "run_matrix.py"), "--plan", str(plan),
+    done = subprocess.run([sys.executable, str(REPO / "research" / "run_matrix.py"), "--plan", str(plan),
                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2 and not (tmp_path / "work").exists()
     assert "final_overides: unknown plan key" in done.stderr and "runs.lcm.override: unknown run key" in done.stderr
     # the committed plan is well formed
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.syspath_prepend(str(REPO / "research"))
     from run_matrix import plan_mistakes
-    assert plan_mistakes(yaml.safe_load((REPO / "experiments" / "claim.yaml").read_text())) == []
+    assert plan_mistakes(yaml.safe_load((REPO / "research" / "plans" / "claim.yaml").read_text())) == []

@@ -8,11 +8,13 @@ import subprocess
 import pytest
 import yaml
 
-from dcm.data.sharding import run_shard_stage
+from dcm.stages.shard import run_shard_stage
 from dcm.io import read_json
-from flows.shard import run as run_shard_flow
+from dcm.ops.flows.shard import run as run_shard_flow
 from tests.conftest import REPO
 from tests.project import STAGES, commit_all, copy_project, dvc, parents, run_in, stage_runs
+
+pytestmark = pytest.mark.integration
 
 
 def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
@@ -37,7 +39,8 @@ def test_dask_engine_writes_the_same_shards_in_worker_processes(tmp_path, make_c
 
 
 @pytest.fixture
-def project(tmp_path):
+def project(tmp_path, prefect_api):
+    """A copy of the repo whose stage commands report to the session's Prefect server."""
     return copy_project(tmp_path / "project")
 
 

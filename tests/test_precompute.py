@@ -12,13 +12,15 @@ import torch
 from safetensors.torch import load as load_tensors
 
 from dcm.data.reader import read_shard
-from dcm.data.sharding import run_shard_stage
+from dcm.stages.shard import run_shard_stage
 from dcm.io import read_json
-from dcm.precompute import run_precompute_stage
+from dcm.stages.precompute import run_precompute_stage
 from dcm.sampling import guided_velocity
 from dcm.schedule import euler_nodes, euler_step
-from dcm.train.teacher import load_teacher, run_teacher_stage
+from dcm.stages.teacher import load_teacher, run_teacher_stage
 from tests.conftest import REPO, TINY_TEACHER
+
+pytestmark = pytest.mark.fast
 
 MORE_SHARDS = ["data.shapes.train_samples=60", "precompute.trajectories_per_shard=null", "schedule.euler_nodes=50"]
 
@@ -69,7 +71,7 @@ def test_killed_run_continues_to_identical_output(tmp_path, trained, make_config
     run_precompute_stage(reference)
     overrides = [f"shard.dir={trained.shard.dir}", f"teacher.out_dir={trained.teacher.out_dir}",
                  f"precompute.dir={trained.precompute.dir}", *TINY_TEACHER, *MORE_SHARDS]
-    code = ("import sys; from dcm.config import load_config; from dcm.precompute import run_precompute_stage; "
+    code = ("import sys; from dcm.config import load_config; from dcm.stages.precompute import run_precompute_stage; "
             f"run_precompute_stage(load_config({str(REPO / 'params.yaml')!r}, sys.argv[1:]))")
     process = subprocess.Popen([sys.executable, "-c", code, *overrides], start_new_session=True)
     out = Path(trained.precompute.dir)

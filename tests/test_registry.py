@@ -11,14 +11,17 @@ from pathlib import Path
 import pytest
 
 from dcm.config import load_config
-from dcm.eval.evaluate import run_evaluate_stage
+from dcm.stages.evaluate import run_evaluate_stage
 from dcm.errors import StageError
 from dcm.io import read_json
-from dcm.reevaluate import reevaluate_champion
-from dcm.registry import CHAMPION, decide, model_name, promote, register_challenger, rollback
-from dcm.tracking import stage_run
-from dcm.train.distill import run_distill_stage
+from dcm.ops.registry import reevaluate_champion
+from dcm.ops.registry import promote, register_challenger, rollback
+from dcm.stages.register import CHAMPION, decide, model_name
+from dcm.ops.tracking import stage_run
+from dcm.stages.distill import run_distill_stage
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
 
 GATE = load_config(REPO / "params.yaml").registry
 

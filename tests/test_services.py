@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from dcm.errors import StageError
-from dcm.registry import model_name, register_challenger
-from dcm.tracking import stage_run
-from dcm.train.distill import run_distill_stage
+from dcm.ops.registry import register_challenger
+from dcm.stages.register import model_name
+from dcm.ops.tracking import stage_run
+from dcm.stages.distill import run_distill_stage
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
 
 
 def closed_port() -> int:
@@ -35,7 +38,7 @@ def test_unreachable_mlflow_server_fails_within_seconds(config):
 def test_unreachable_prefect_api_fails_the_command_within_seconds(tmp_path):
     env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{closed_port()}/api"}
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "dcm.cli", "status"], cwd=REPO, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "dcm.ops.cli", "status"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode != 0 and time.monotonic() - start < 60  # interpreter start-up included
     assert "Prefect API (PREFECT_API_URL)" in result.stderr and "unreachable" in result.stderr

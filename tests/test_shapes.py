@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 
 from dcm.data.shapes import draw_sample, make_sample, render_clip, shape_coverage
 from tests.conftest import REPO
 from dcm.config import load_config
+
+pytestmark = pytest.mark.fast
 
 CFG = load_config(REPO / "params.yaml")
 

@@ -11,9 +11,12 @@ import torch
 
 from dcm.data.reader import decode_sample, make_dataset, read_shard
 from dcm.data.shapes import make_sample
-from dcm.data.sharding import plan_shards, run_shard_stage, write_shard
+from dcm.data.sharding import plan_shards, write_shard
+from dcm.stages.shard import run_shard_stage
 from dcm.errors import StageError
 from dcm.io import read_json
+
+pytestmark = pytest.mark.fast
 
 
 def shard_hashes(manifest):

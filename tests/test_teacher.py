@@ -7,11 +7,13 @@ import sys
 import av
 import pytest
 
-from dcm.data.sharding import run_shard_stage
+from dcm.stages.shard import run_shard_stage
 from dcm.errors import StageError
 from dcm.models.toy import ToyFamily
-from dcm.train.teacher import run_teacher_stage
+from dcm.stages.teacher import run_teacher_stage
 from tests.conftest import REPO, TINY_TEACHER
+
+pytestmark = pytest.mark.fast
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_generate_writes_a_playable_mp4(tmp_path, tiny):
     run_teacher_stage(tiny)
     overrides = [f"shard.dir={tiny.shard.dir}", f"teacher.out_dir={tiny.teacher.out_dir}", *TINY_TEACHER]
     out = tmp_path / "clip.mp4"
-    result = subprocess.run([sys.executable, "-m", "dcm.cli", "generate", "a red circle moving left", "--model", "teacher", "--steps", "5",
+    result = subprocess.run([sys.executable, "-m", "dcm.ops.cli", "generate", "a red circle moving left", "--model", "teacher", "--steps", "5",
                              "--out", str(out), "--params", str(REPO / "params.yaml"),
                              *sum((["-S", o] for o in overrides), [])], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import webdataset as wds
 
 from dcm.data.clip_codec import decode_clip
-from dcm.data.sharding import MANIFEST
+from dcm.data.shardfiles import MANIFEST
 from dcm.errors import StageError
 from dcm.io import read_json, sha256_file
 

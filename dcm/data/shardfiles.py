@@ -16,6 +16,7 @@ import webdataset as wds
 from dcm.io import read_json, remove_orphaned_temporaries, sha256_file
 
 SPLITS = ("train", "val")
+MANIFEST = "manifest.json"  # a shard folder's record: shards, counts, sha256 (every stage folder has one)
 TAR_OWNER = "dcm"
 
 

@@ -21,11 +21,10 @@ from dcm.data.ingest import Skip, VideoInput, discover_videos
 from dcm.data.shapes import make_sample
 from dcm.data.video_io import VideoError, decode_clips
 from dcm.errors import StageError
-from dcm.data.shardfiles import SPLITS, finished_sidecar, remove_stale, shard_paths, shard_writer
+from dcm.data.shardfiles import MANIFEST, SPLITS, finished_sidecar, remove_stale, shard_paths, shard_writer
 from dcm.io import atomic_path, sha256_file, sha256_json, write_json_atomic
 
 CLIP_FORMAT = "png-filmstrip"
-MANIFEST = "manifest.json"
 SHAPES_ATTRIBUTES = ("shape", "colour", "background", "direction")
 
 
@@ -204,11 +203,3 @@ def finalize(cfg: DCMConfig, jobs: list[ShardJob], results: list[ShardResult], s
     write_json_atomic(out_dir / MANIFEST, manifest)
     manifest["removed_stale"] = removed
     return manifest
-
-
-def run_shard_stage(cfg: DCMConfig, out_dir: Path | None = None, videos_dir: Path | None = None) -> dict:
-    """The whole stage in one process (the flow runs the same three steps with parallel jobs)."""
-    out_dir = Path(out_dir or cfg.shard.dir)
-    jobs, skips = plan_shards(cfg, videos_dir)
-    results = [write_shard(job, cfg, out_dir, videos_dir) for job in jobs]
-    return finalize(cfg, jobs, results, skips, out_dir)

@@ -12,6 +12,10 @@ from dcm.io import atomic_path
 
 COLUMNS = ("judge_overall", "judge_colour", "judge_shape", "judge_motion", "psnr_vs_teacher", "ssim_vs_teacher",
            "saturation_mean", "oversaturated_fraction", "temporal_flicker", "latency_s", "speedup")
+REPORT_FILE, TABLE_FILE, GRID_FILE = "report.md", "quality.csv", "samples.png"
+CHARTS = (("judge_overall", "judge overall (higher is better)"),
+          ("psnr_vs_teacher", "PSNR vs teacher, dB (higher is closer)"),
+          ("speedup", "speedup vs the teacher"))  # each drawn to <metric>.png when some row has it
 GRID_FRAMES = 4  # frames per sample row
 GAP = 2  # pixels between rows
 
@@ -47,9 +51,7 @@ def write_charts(rows: list[dict], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     paths = []
-    for metric, title in (("judge_overall", "judge overall (higher is better)"),
-                          ("psnr_vs_teacher", "PSNR vs teacher, dB (higher is closer)"),
-                          ("speedup", "speedup vs the teacher")):
+    for metric, title in CHARTS:
         if not any(metric in row for row in rows):
             continue
         figure, axis = plt.subplots(figsize=(5, 3.2))
@@ -87,9 +89,9 @@ def sample_grid(samples: dict[str, np.ndarray], rows: int) -> np.ndarray:
 
 def write_report(rows: list[dict], samples: dict[str, np.ndarray], captions: list[str], out: Path,
                  device: str, notes: list[str] = ()) -> dict[str, Path]:
-    files = {"report": out / "report.md", "table": out / "quality.csv", "grid": out / "samples.png"}
+    files = {"report": out / REPORT_FILE, "table": out / TABLE_FILE, "grid": out / GRID_FILE}
     order = "; ".join(samples)
-    text = markdown(rows, device) + (f"\n`samples.png`: for each of the prompts {captions}, one row per model "
+    text = markdown(rows, device) + (f"\n`{GRID_FILE}`: for each of the prompts {captions}, one row per model "
                                      f"({order}), {GRID_FRAMES} frames each.\n") + "".join(f"\n{note}\n" for note in notes)
     with atomic_path(files["report"]) as tmp:
         Path(tmp).write_text(text)

@@ -1,0 +1,29 @@
+"""Pieces every stage flow uses: a markdown table for Prefect artifacts and sample videos for MLflow."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dcm.data.video_io import write_video
+from dcm.ops.tracking import StageRun
+
+
+def markdown_table(title: str, rows: dict[str, float], note: str = "") -> str:
+    lines = [f"# {title}", "", note, "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |"
+              for key, value in rows.items()]
+    return "\n".join(lines)
+
+
+def log_sample_videos(run: StageRun, clips: np.ndarray, captions: list[str], fps: float, crf: int,
+                      folder: str, count: int) -> None:
+    """The first `count` clips as mp4 files (named by caption) under the run's `folder` artifacts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (clip, caption) in enumerate(zip(clips[:count], captions[:count])):
+            name = "".join(c if c.isalnum() else "_" for c in caption)[:60]
+            path = Path(tmp) / f"{index:02d}_{name}.mp4"
+            write_video(path, clip, fps, options={"crf": str(crf)})
+            run.log_artifact(path, folder)

@@ -1,0 +1,165 @@
+"""Stage `evaluate`: the teacher (reference sampler, CFG), the DCM student at each configured step count
+and every baseline present, all from the same prompts, seeds and initial noise, scored by the judge,
+the real vbench package, fidelity to the teacher (PSNR/SSIM), saturation, and latency measured in the
+same run.
+
+Outputs in `evaluate.out_dir`: metrics.json (DVC metrics), quality.csv (DVC plots), report.md, charts
+(PNG), samples.png (one row per model and prompt) and vbench/ (the clips vbench scored, its logs).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dcm.config import DCMConfig, config_to_dict
+from dcm.data.tensors import video_to_clips
+from dcm.errors import StageError
+from dcm.eval.fidelity import psnr, saturation_stats, ssim, temporal_flicker
+from dcm.eval.judge import judge_many
+from dcm.eval.prompts import evaluation_prompts
+from dcm.eval.report import CHARTS, GRID_FILE, REPORT_FILE, TABLE_FILE, write_report
+from dcm.eval.row_cache import ROWS_DIR, load_row, row_fingerprint, save_row
+from dcm.eval.vbench_scores import vbench_scores
+from dcm.eval.vbench_weights import check_weights, stand_in_dimensions
+from dcm.io import remove_orphaned_temporaries, write_json_atomic
+from dcm.models.family import folder_hash
+from dcm.pipeline import DCMPipeline
+from dcm.sampling import generate
+from dcm.schedule import sampling_sigmas
+from dcm.stages.paths import BASELINES_DIR, EVAL_METRICS, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL, output_folder
+from dcm.stages.spec import Output, StageSpec
+from dcm.stages.teacher import load_teacher, teacher_content_hash
+from dcm.train.loop import resolve_device
+
+METRICS, TABLE, VBENCH_DIR = EVAL_METRICS, TABLE_FILE, "vbench"
+SPEC = StageSpec(
+    name="evaluate", command="dcm evaluate", flow="dcm.ops.flows.evaluate",
+    params=("seed", "data", "schedule", "judge", "distill.baselines", "teacher.sampling", "teacher.negative_prompt",
+            "teacher.max_text_tokens", "evaluate"),
+    deps=("${evaluate.prompt_file}", f"${{teacher.out_dir}}/{TEACHER_MODEL}", f"${{teacher.out_dir}}/{MANIFEST}",
+          f"${{distill.out_dir}}/{OUTPUT_NAMES['detail']}", f"${{distill.out_dir}}/{BASELINES_DIR}"),
+    outs=(Output(f"${{evaluate.out_dir}}/{GRID_FILE}", cache=False),
+          Output(f"${{evaluate.out_dir}}/{REPORT_FILE}", cache=False),
+          Output(f"${{evaluate.out_dir}}/{VBENCH_DIR}"),
+          Output(f"${{evaluate.out_dir}}/{ROWS_DIR}", persist=True,
+                 note="finished rows survive a kill; reused only when inputs, code and device match")),
+    metrics=(Output(f"${{evaluate.out_dir}}/{METRICS}", cache=False),),
+    plots=(Output(f"${{evaluate.out_dir}}/{TABLE}", cache=False, plot={"x": "steps", "y": "judge_overall"}),
+           *(Output(f"${{evaluate.out_dir}}/{metric}.png", cache=False) for metric, _ in CHARTS)),
+    note="the prompt file is tracked always (read only with prompt_source: file), so edits re-run evaluate")
+
+
+def _timed(make: Callable[[], torch.Tensor], repeats: int, count: int) -> tuple[torch.Tensor, float]:
+    """Run `make` `repeats` times; return its output and the median seconds per clip."""
+    seconds, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = make()
+        seconds.append((time.perf_counter() - start) / count)
+    return out, statistics.median(seconds)
+
+
+def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.ndarray | None, name: str,
+          device: torch.device, out: Path) -> dict[str, float]:
+    judged = cfg.data.source == "shapes" and cfg.evaluate.prompt_source == "heldout"  # needs ground truth
+    scores = judge_many(clips, prompts, cfg.data, cfg.judge) if judged else {}
+    metrics = {f"judge_{k}": v for k, v in scores.items()} | saturation_stats(clips)
+    metrics["temporal_flicker"] = temporal_flicker(clips)
+    metrics |= vbench_scores(clips, [p["caption"] for p in prompts], name, cfg.evaluate.vbench,
+                             out / VBENCH_DIR, device.type, cfg.data.fps)
+    if reference is not None:
+        metrics["psnr_vs_teacher"] = float(np.mean([psnr(c, r) for c, r in zip(clips, reference)]))
+        metrics["ssim_vs_teacher"] = float(np.mean([ssim(c, r) for c, r in zip(clips, reference)]))
+    return metrics
+
+
+def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict:
+    """The DCM student and the baselines listed in distill.baselines, into evaluate.out_dir."""
+    check_weights(cfg.evaluate.vbench.dimensions)  # settings first: a missing file says so at once
+    students = {name: output_folder(cfg, name) for name in ["dcm", *cfg.distill.baselines]}
+    for name, folder in students.items():
+        if not folder.is_dir():
+            stage = "distill_detail" if name == "dcm" else "distill_baselines"
+            raise StageError(f"{folder} not found: evaluation needs the {name} student; run the distill stages "
+                             f"first (dvc repro {stage})")
+    return evaluate_students(cfg, students, Path(cfg.evaluate.out_dir), on_result)
+
+
+def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
+                      on_result: Callable[[str, dict], None] | None = None, resume: bool = True) -> dict:
+    """Teacher vs each student folder (name → DCMPipeline folder) on the same prompts and noise. Callers
+    check the vbench weights first (check_weights), before anything slow. With `resume`, rows a killed
+    run finished (same inputs, code and device) are reused from out/rows."""
+    ev, sampling = cfg.evaluate, cfg.teacher.sampling
+    device = resolve_device(ev.device)
+    device_name = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+    prompts = evaluation_prompts(cfg)
+    captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
+    rows_dir = out / ROWS_DIR
+    inputs = {"prompts": prompts, "device": device_name, "seed": cfg.seed, "data": config_to_dict(cfg.data),
+              "schedule": config_to_dict(cfg.schedule), "judge": config_to_dict(cfg.judge),
+              "sampling": config_to_dict(sampling), "negative": cfg.teacher.negative_prompt,
+              "evaluate": {k: v for k, v in config_to_dict(ev).items()
+                           if k not in ("out_dir", "student_steps", "grid_prompts")}}
+
+    def measured(name: str, model_hash: str, load: Callable[[], object], make: Callable[[], torch.Tensor],
+                 reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
+        fingerprint = row_fingerprint(**inputs, row=name, model=model_hash)
+        cached = load_row(rows_dir, name, fingerprint) if resume else None
+        if cached is not None:
+            print(f"evaluate: {name} reused from {rows_dir} (finished by an earlier run with the same inputs)")
+            return cached
+        load()  # loading the model is not part of its latency
+        video, latency = _timed(make, ev.latency_repeats, len(prompts))
+        clips = video_to_clips(video)
+        row = {**score(cfg, clips, prompts, reference, name, device, out), "latency_s": latency}
+        save_row(rows_dir, name, fingerprint, row, clips)
+        return row, clips
+
+    teacher = functools.cache(lambda: load_teacher(cfg, device))  # loaded only if a row needs it
+
+    def teacher_clips() -> torch.Tensor:
+        return generate(teacher(), captions, seeds, cfg.data.frames, cfg.data.height, cfg.data.width,
+                        sampling_sigmas(cfg.schedule, sampling.steps), sampling.guidance_scale,
+                        cfg.teacher.negative_prompt, ev.batch_size)
+
+    teacher_row, reference = measured(f"teacher_{sampling.steps}", teacher_content_hash(cfg), teacher, teacher_clips,
+                                      None)
+    rows = [{"model": "teacher", "steps": sampling.steps, **teacher_row, "speedup": 1.0}]
+    samples = {f"teacher {sampling.steps}": reference}
+    for name, folder in students.items():
+        model_hash = folder_hash(folder)
+        pipe = functools.cache(lambda folder=folder: DCMPipeline.from_pretrained(folder, device, detail_weights="merged"))
+
+        for steps in ev.student_steps:
+            def student_clips() -> torch.Tensor:
+                return pipe().videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
+                                     ev.batch_size)
+
+            measured_row, clips = measured(f"{name}_{steps}", model_hash, pipe, student_clips, reference)
+            row = {"model": name, "steps": steps, **measured_row,
+                   "speedup": teacher_row["latency_s"] / measured_row["latency_s"]}
+            rows.append(row)
+            samples[f"{name} {steps}"] = clips
+            if on_result:
+                on_result(f"{name}_{steps}", row)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(rows_dir)  # a row write a kill interrupted
+    metrics = {f"{row['model']}_{row['steps']}": {k: v for k, v in row.items() if k not in ("model", "steps")}
+               for row in rows}
+    metrics["device"] = device_name
+    metrics["prompts"] = len(prompts)
+    # Scores from random stand-in weights (dcm/eval/vbench_weights.py) test the wiring and mean nothing.
+    stand_ins = stand_in_dimensions(ev.vbench.dimensions)
+    metrics["vbench"] = {"dimensions": list(ev.vbench.dimensions), "meaningless_stand_in_weights": stand_ins}
+    write_json_atomic(out / METRICS, metrics)
+    notes = [f"**vbench_{d} is meaningless here**: computed from random stand-in weights." for d in stand_ins]
+    files = write_report(rows, samples, captions[: ev.grid_prompts], out, metrics["device"], notes)
+    return {"metrics": metrics, "rows": rows, "files": files, "prompts": prompts}

@@ -1,0 +1,135 @@
+"""Stage `teacher`: pretrain the toy teacher by flow matching, or validate a real teacher's folder.
+
+Either way the stage ends with `manifest.json` naming the teacher folder, its family and content
+hash, so every later stage loads the teacher the same way. The toy teacher is then judged on held-out
+prompts with the reference sampler (teacher.sampling): the number later distillation must match.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dcm.config import DCMConfig
+from dcm.data.stream import SampleStream
+from dcm.data.tensors import video_to_clips
+from dcm.errors import StageError, StoppedEarly
+from dcm.eval.judge import judge_many
+from dcm.eval.prompts import heldout_prompts
+from dcm.io import read_json, sha256_file, write_json_atomic
+from dcm.models.family import folder_hash, validate_folder
+from dcm.models.registry import family_class
+from dcm.models.toy import ToyFamily
+from dcm.sampling import generate
+from dcm.schedule import sampling_sigmas
+from dcm.stages.paths import MANIFEST, METRICS, TEACHER_MODEL, shard_manifest, teacher_manifest, teacher_model_dir
+from dcm.stages.spec import Output, StageSpec, param_values
+from dcm.train.distributed import rank_and_world
+from dcm.train.flow_matching import FlowMatchingPretraining
+from dcm.train.loop import resolve_device, train, training_fingerprint
+
+# What the toy teacher's weights depend on (its checkpoint fingerprint; teacher.toy.train's run-only keys
+# drop out there), then what only the exported folder's judgement and a real teacher's record read.
+TRAINING_PARAMS = ("seed", "schedule", "teacher.negative_prompt", "teacher.toy")
+REPORTING_PARAMS = ("data", "judge", "teacher.sampling", "teacher.family", "teacher.path", "teacher.max_text_tokens")
+
+SPEC = StageSpec(
+    name="teacher", command="dcm teacher", flow="dcm.ops.flows.teacher",
+    params=TRAINING_PARAMS + REPORTING_PARAMS, deps=("${shard.dir}",),
+    outs=(Output(f"${{teacher.out_dir}}/{TEACHER_MODEL}"), Output(f"${{teacher.out_dir}}/{MANIFEST}"),
+          Output("${teacher.checkpoint_dir}", persist=True,
+                 note="a killed or time-limited run resumes from its last checkpoint")),
+    metrics=(Output(f"${{teacher.out_dir}}/{METRICS}", cache=False),))
+
+
+def toy_fingerprint(cfg: DCMConfig) -> str:
+    """What a toy-teacher checkpoint must match to be resumed: TRAINING_PARAMS and the shards."""
+    values = param_values(cfg, TRAINING_PARAMS)
+    values["teacher.toy"] = {k: v for k, v in values["teacher.toy"].items() if k != "train"}  # run-only keys out
+    return training_fingerprint(cfg.teacher.toy.train, params=values, shards=sha256_file(shard_manifest(cfg)))
+
+
+def load_teacher(cfg: DCMConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """The teacher the `teacher` stage recorded (toy: the trained folder; real: teacher.path)."""
+    folder = teacher_model_dir(cfg)
+    if cfg.teacher.family == "toy" and not folder.is_dir():
+        raise StageError(f"{folder} not found: run the teacher stage first (dvc repro teacher)")
+    try:
+        return family_class(cfg.teacher.family).load(folder, cfg.teacher.max_text_tokens, device, dtype)
+    except OSError as error:  # diffusers/transformers: a missing or unreadable weights file
+        raise StageError(f"cannot load the {cfg.teacher.family} teacher from {folder}: {error}. dcm reads weights "
+                         "from .safetensors only, never pickled .bin/.pt files: convert them first (load with "
+                         "weights_only=True in a sandbox and save_pretrained(..., safe_serialization=True))") from None
+
+
+def teacher_content_hash(cfg: DCMConfig) -> str:
+    """The content hash the teacher stage recorded: what downstream fingerprints depend on."""
+    path = teacher_manifest(cfg)
+    if not path.is_file():
+        raise StageError(f"{path} not found: run the teacher stage first (dvc repro teacher)")
+    return read_json(path)["content_hash"]
+
+
+def judge_teacher(teacher, cfg: DCMConfig, steps: int | None = None) -> tuple[dict, np.ndarray, list[dict]]:
+    """Generate the held-out prompts with the reference sampler and judge them."""
+    sampling = cfg.teacher.sampling
+    prompts = heldout_prompts(cfg.shard.dir, sampling.eval_prompts)
+    videos = generate(teacher, [p["caption"] for p in prompts], [p["seed"] for p in prompts], cfg.data.frames,
+                      cfg.data.height, cfg.data.width, sampling_sigmas(cfg.schedule, steps or sampling.steps),
+                      sampling.guidance_scale, cfg.teacher.negative_prompt, sampling.batch_size)
+    clips = video_to_clips(videos)
+    return judge_many(clips, prompts, cfg.data, cfg.judge), clips, prompts
+
+
+def _record_real_teacher(cfg: DCMConfig, out: Path) -> dict:
+    family = family_class(cfg.teacher.family)
+    folder = Path(cfg.teacher.path).resolve()
+    validate_folder(folder, family.components)
+    manifest = {"family": family.name, "path": str(folder), "content_hash": folder_hash(folder)}
+    (out / TEACHER_MODEL).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / TEACHER_MODEL / "SOURCE.json", manifest)
+    write_json_atomic(out / METRICS, {})
+    write_json_atomic(out / MANIFEST, manifest)
+    return {"manifest": manifest, "metrics": {}, "clips": None, "prompts": []}
+
+
+def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None = None,
+                      stop_after: int | None = None) -> dict:
+    out = Path(cfg.teacher.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.teacher.family != "toy":
+        return _record_real_teacher(cfg, out)
+    train_cfg = cfg.teacher.toy.train
+    device = resolve_device(train_cfg.device)
+    teacher = ToyFamily.build(cfg, cfg.seed)
+    teacher.transformer.to(device)
+    stream = SampleStream(cfg.shard.dir, "train", train_cfg.shuffle_buffer, cfg.seed)
+    result = train(FlowMatchingPretraining(teacher, cfg), stream, train_cfg, Path(cfg.teacher.checkpoint_dir),
+                   cfg.seed, on_log=on_log, stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
+                   fingerprint=toy_fingerprint(cfg))
+    if result.stopped_early:
+        raise StoppedEarly(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
+                         f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to continue")
+    if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
+        return {"losses": result.losses, "resumed_from": result.resumed_from}
+    tmp = out / f".tmp-{TEACHER_MODEL}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    teacher.save_pretrained(tmp, transformer=result.ema or teacher.transformer)  # ship the EMA weights
+    shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
+    tmp.rename(out / TEACHER_MODEL)
+    reloaded = load_teacher(cfg, device)  # judge what later stages will load, not the object in memory
+    scores, clips, prompts = judge_teacher(reloaded, cfg)
+    tail = result.losses[-train_cfg.log_every:]
+    metrics = {"final_loss": float(np.mean(tail)), **{f"judge_{k}": v for k, v in scores.items()}}
+    # What the model is, not how the run went: a resumed run writes the same bytes as an uninterrupted one.
+    manifest = {"family": "toy", "path": TEACHER_MODEL, "content_hash": folder_hash(out / TEACHER_MODEL), "steps": result.steps,
+                "metrics": metrics,
+                "sampling": cfg.teacher.sampling.model_dump(), "eval_prompts": len(prompts)}
+    write_json_atomic(out / METRICS, metrics)
+    write_json_atomic(out / MANIFEST, manifest)
+    return {"manifest": manifest, "metrics": metrics, "clips": clips, "prompts": prompts, "losses": result.losses,
+            "resumed_from": result.resumed_from}

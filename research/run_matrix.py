@@ -1,0 +1,383 @@
+"""Train and evaluate a plan of runs (research/plans/claim.yaml) on one machine: every GPU, several runs per GPU.
+
+    python research/run_matrix.py --plan research/plans/claim.yaml --out $OUT --work /tmp/w \
+        --teacher-parts .gpu_teacher --per-gpu 6 --budget-s 540 -S profile=gpu
+
+Small students leave a GPU mostly idle, so runs share GPUs as separate processes. Each run is one job
+per stage (the semantic expert is one job shared by every run whose semantic-stage settings are equal);
+a job trains with the pipeline's stage function and evaluates its student with the evaluation stage's
+code against the teacher's rows, computed once. Jobs still going when `--budget-s` runs out checkpoint
+and stop; the same command continues them (finished jobs are kept). Latency under shared GPUs is
+meaningless, so only the `final` runs, evaluated together on an idle GPU at the end, report it.
+
+Writes to --out: matrix.json (every job: state, overrides, all evaluation rows), matrix.log (the tail of
+each job's log), samples.safetensors (every run's seed-0 clips of the first evaluate.grid_prompts prompts)
+and final_* (report.md, metrics.json, samples.png). `--earlier <matrix.json>` continues a plan that
+another machine began: the jobs it finished are kept as they are (their students stay on that machine, so
+the final evaluation leaves them out). Exit code 3: work is left (a job stopped, or the final evaluation
+did not fit); the same command continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_stages import REPO, shard, unpack_teacher  # noqa: E402
+
+STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
+TEACHER_EVAL, TEACHER_JOB = "eval-teacher", "teacher-eval"
+TEACHER_WAIT_S = 300  # a teacher job that failed: students evaluate the teacher themselves
+MARGIN_S = 25  # a job stops training this long before the budget ends, to checkpoint
+LOG_TAIL = 15
+SAMPLES = "samples.safetensors"  # a job's first evaluate.grid_prompts clips of every row: sample grids across runs
+
+
+@dataclass
+class Job:
+    name: str
+    stage: str  # semantic | detail | lcm | pcm | single
+    overrides: list[str]
+    needs: str | None = None  # the semantic job a detail job starts from
+    run: str | None = None  # the plan's run this job's student belongs to (None: a shared semantic expert)
+    seed: int = 0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    gpu: int = 0
+    state: str = "waiting"  # waiting | running | done | stopped | failed | earlier (finished on another machine)
+    earlier: dict | None = None  # that machine's matrix.json entry
+
+
+def paths(work: Path, job: str) -> list[str]:
+    root = work / "runs" / job
+    return [f"distill.out_dir={root}/students", f"distill.checkpoint_dir={root}/checkpoints",
+            f"evaluate.out_dir={root}/eval"]
+
+
+def shared_paths(work: Path) -> list[str]:
+    return [f"shard.dir={work}/shards", f"teacher.out_dir={work}/teacher",
+            f"teacher.checkpoint_dir={work}/checkpoints/teacher", f"precompute.dir={work}/latents",
+            f"evaluate.out_dir={work}/{TEACHER_EVAL}"]
+
+
+PLAN_KEYS = {"seeds", "common", "runs", "final", "final_overrides", "tables"}
+RUN_KEYS = {"method", "seeds", "overrides"}
+
+
+def plan_mistakes(plan: dict) -> list[str]:
+    """Misspelt keys of a plan, each named: a typo must not silently drop a run's overrides."""
+    mistakes = [f"{key}: unknown plan key (known: {', '.join(sorted(PLAN_KEYS))})" for key in set(plan) - PLAN_KEYS]
+    mistakes += [f"{key}: missing (every plan names its runs and their seeds)" for key in ("runs", "seeds")
+                 if key not in plan]
+    runs = plan.get("runs", {})
+    for run, spec in runs.items():
+        mistakes += [f"runs.{run}.{key}: unknown run key (known: {', '.join(sorted(RUN_KEYS))})"
+                     for key in set(spec) - RUN_KEYS]
+    mistakes += [f"final: {run} is not a run of the plan" for run in plan.get("final", []) if run not in runs]
+    return sorted(mistakes)
+
+
+def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
+    """Jobs in the plan's priority order; semantic experts deduplicated by the settings stage 1 reads."""
+    from dcm.config import config_to_dict, load_config
+    from dcm.io import sha256_json
+    from dcm.stages.distill import method_settings, training_seed
+    jobs, semantic_jobs = [Job(TEACHER_JOB, "teacher", [*base, *plan.get("common", [])])], {}
+    for run, spec in plan["runs"].items():
+        for seed in spec.get("seeds", plan["seeds"]):
+            overrides = [*base, *plan.get("common", []), f"distill.seed={seed}", *spec.get("overrides", [])]
+            method = spec["method"]
+            if method != "dcm":
+                jobs.append(Job(f"{run}-s{seed}", method, overrides, run=run, seed=seed))
+                continue
+            cfg = load_config(REPO / "params.yaml", overrides)
+            key = sha256_json({"settings": method_settings(cfg, "semantic"), "seed": training_seed(cfg),
+                               "train": config_to_dict(cfg.distill.semantic), "schedule": config_to_dict(cfg.schedule)})
+            if key not in semantic_jobs:
+                semantic_jobs[key] = Job(f"semantic-{run}-s{seed}", "semantic", overrides, seed=seed)
+                jobs.append(semantic_jobs[key])
+            jobs.append(Job(f"{run}-s{seed}", "detail", overrides, needs=semantic_jobs[key].name, run=run, seed=seed))
+    return jobs
+
+
+def carry_over(jobs: list[Job], record: dict) -> None:
+    """Jobs another machine finished (its matrix.json) are not run again: device time is too scarce to
+    train a student twice for the final evaluation's latency. Semantic experts are, where a detail job
+    still to run starts from them (the expert itself did not come back)."""
+    for job in jobs:
+        entry = record.get(job.name, {})
+        if job.stage != "semantic" and entry.get("state") in ("done", "earlier") and "metrics" in entry:
+            job.state, job.earlier = "earlier", entry
+    needed = {job.needs for job in jobs if job.needs and job.state != "earlier"}
+    for job in jobs:
+        if job.stage == "semantic" and job.name not in needed:
+            job.state = "earlier"
+
+
+def prepare(base: list[str], work: Path, teacher_parts: str | None, workers: int) -> None:
+    """Shards, teacher and latents, once for every job."""
+    from dcm.config import load_config
+    from dcm.stages.paths import MANIFEST as SHARD_MANIFEST
+    from dcm.stages.paths import MANIFEST as LATENTS_MANIFEST
+    from dcm.stages.precompute import run_precompute_stage
+    cfg = load_config(REPO / "params.yaml", [*base, *shared_paths(work)])
+    start = time.perf_counter()
+    if not (work / "shards" / SHARD_MANIFEST).is_file():
+        shard(cfg, workers)
+        print(f"shards: {time.perf_counter() - start:.0f} s", flush=True)
+    if not (work / "teacher" / "model").is_dir():
+        if not teacher_parts:
+            raise SystemExit("no teacher in --work: pass --teacher-parts (train one with research/run_stages.py)")
+        unpack_teacher(Path(teacher_parts), work / "teacher")
+    if not (work / "latents" / LATENTS_MANIFEST).is_file():
+        start = time.perf_counter()
+        run_precompute_stage(cfg)
+        print(f"precompute: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def evaluate_teacher(overrides: list[str], work: Path) -> int:
+    """The teacher's rows, which every student's evaluation reuses (a job: it runs beside the training)."""
+    from dcm.config import load_config
+    from dcm.stages.evaluate import evaluate_students
+    evaluate_students(load_config(REPO / "params.yaml", [*overrides, *shared_paths(work)]), {}, work / TEACHER_EVAL)
+    return 0
+
+
+def wait_for_teacher_rows(work: Path, timeout_s: float) -> None:
+    """Until the teacher job has written its rows; after `timeout_s` the evaluation makes them itself."""
+    end = time.time() + timeout_s
+    while not (work / TEACHER_EVAL / "metrics.json").is_file() and time.time() < end:
+        time.sleep(5)
+
+
+def log_line(step: int, metrics: dict) -> None:
+    print(step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+
+
+def run_job(spec: dict, work: Path, budget_end: float) -> int:
+    """One job in this process: train its stage, then (students) evaluate; exit code STOPPED when out of time."""
+    from dcm.config import load_config
+    from dcm.errors import StoppedEarly
+    from dcm.stages.evaluate import evaluate_students
+    from dcm.eval.row_cache import ROWS_DIR
+    from dcm.stages.distill import run_distill_stage
+    from dcm.stages.paths import OUTPUT_NAMES, output_folder
+    from safetensors.torch import load_file, save_file
+    if spec["stage"] == "teacher":
+        return evaluate_teacher(spec["overrides"], work)
+    root = work / "runs" / spec["name"]
+    limit = max(1, int(budget_end - time.time() - MARGIN_S))
+    limits = [f"distill.{part}.time_limit_s={limit}" for part in ("semantic", "detail", "baseline")]
+    cfg = load_config(REPO / "params.yaml", [*spec["overrides"], *shared_paths(work), *paths(work, spec["name"]),
+                                             *limits])
+    if spec["needs"]:  # the shared semantic expert, copied where the detail stage looks for it
+        semantic = output_folder(cfg, "semantic")
+        if not semantic.is_dir():
+            shutil.copytree(work / "runs" / spec["needs"] / "students" / "semantic", semantic)
+    name = OUTPUT_NAMES[spec["stage"]]
+    if not (output_folder(cfg, name) / "model_index.json").is_file():
+        try:
+            run_distill_stage(cfg, spec["stage"], on_log=log_line)
+        except StoppedEarly as stopped:
+            print(stopped, flush=True)
+            return STOPPED
+    if spec["stage"] == "semantic":
+        return 0
+    eval_dir = Path(cfg.evaluate.out_dir)
+    wait_for_teacher_rows(work, TEACHER_WAIT_S)
+    if (work / TEACHER_EVAL / ROWS_DIR).is_dir():
+        shutil.copytree(work / TEACHER_EVAL / ROWS_DIR, eval_dir / ROWS_DIR, dirs_exist_ok=True)
+    result = evaluate_students(cfg, {name: output_folder(cfg, name)}, eval_dir)
+    grid = {row: load_file(eval_dir / ROWS_DIR / f"{row}.safetensors")["clips"][: cfg.evaluate.grid_prompts]
+            for row in result["metrics"] if (eval_dir / ROWS_DIR / f"{row}.safetensors").is_file()}
+    save_file({row: clips.contiguous() for row, clips in grid.items()}, str(root / SAMPLES))
+    (root / "result.json").write_text(json.dumps({"metrics": result["metrics"]}, default=float))
+    return 0
+
+
+def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, budget_end: float) -> None:
+    """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out."""
+    by_name = {job.name: job for job in jobs}
+    for job in jobs:
+        root = work / "runs" / job.name
+        done = {"semantic": root / "students" / "semantic",
+                "teacher": work / TEACHER_EVAL / "metrics.json"}.get(job.stage, root / "result.json")
+        if done.exists() and job.state == "waiting":
+            job.state = "done"
+    while True:
+        ended = [j for j in jobs if j.state == "running" and j.process.poll() is not None]
+        for job in ended:
+            code = job.process.returncode
+            job.state = {0: "done", STOPPED: "stopped"}.get(code, "failed")
+            print(f"{time.strftime('%H:%M:%S')} {job.name}: {job.state} (exit {code})", flush=True)
+        if ended:  # what is finished is on record even if this process is killed
+            summarise(jobs, work, out)
+        running = [j for j in jobs if j.state == "running"]
+        waiting = [j for j in jobs if j.state == "waiting" and (not j.needs or by_name[j.needs].state == "done")]
+        blocked = [j for j in jobs
+                   if j.state == "waiting" and j.needs and by_name[j.needs].state in ("failed", "stopped")]
+        for job in blocked:
+            job.state = by_name[job.needs].state
+        if time.time() > budget_end - MARGIN_S / 2 or (not running and not waiting):
+            for job in running:  # past their own time limit (an evaluation, say): stop; rows are kept
+                os.killpg(job.process.pid, signal.SIGTERM)
+                job.process.wait()
+                job.state = "stopped"
+            return
+        for job in waiting[: gpus * per_gpu - len(running)]:
+            load = [sum(1 for j in running if j.gpu == g) for g in range(gpus)]
+            job.gpu = load.index(min(load))
+            root = work / "runs" / job.name
+            root.mkdir(parents=True, exist_ok=True)
+            spec = root / "job.json"
+            spec.write_text(json.dumps({"name": job.name, "stage": job.stage, "overrides": job.overrides,
+                                        "needs": job.needs}))
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(job.gpu), "OMP_NUM_THREADS": "2"}
+            with open(root / "log.txt", "a") as log:  # own session: a stop reaches its loader process too
+                job.process = subprocess.Popen([sys.executable, __file__, "--job", str(spec), "--work", str(work),
+                                                "--budget-end", str(budget_end)], stdout=log, stderr=subprocess.STDOUT,
+                                               env=env, cwd=REPO, start_new_session=True)
+            job.state = "running"
+            running.append(job)
+            print(f"{time.strftime('%H:%M:%S')} {job.name}: started on GPU {job.gpu}", flush=True)
+        time.sleep(2)
+
+
+def final_runs(final: list[str], jobs: list[Job]) -> list[str] | None:
+    """The `final` runs whose seed-0 students this call trained, once all of them are done; None while one
+    is still to train, so that the final evaluation waits. Runs outside this call's --runs, or trained on an
+    earlier machine, are left out (their students are not here)."""
+    by_name = {job.name: job for job in jobs}
+    ready = []
+    for run in final:
+        job = by_name.get(f"{run}-s0")
+        if job is None or job.state == "earlier":
+            where = "was trained on an earlier machine" if job else "is not among this call's runs"
+            print(f"final evaluation: {run} at seed 0 {where}; leaving it out", flush=True)
+        elif job.state != "done":
+            return None
+        else:
+            ready.append(run)
+    return ready
+
+
+def final_evaluation(plan: dict, runs: list[str], base: list[str], work: Path, out: Path) -> None:
+    """The given `final` runs at seed 0 together, one process, latency measured on an otherwise idle GPU."""
+    from dcm.config import load_config
+    from dcm.stages.evaluate import evaluate_students
+    from dcm.stages.paths import OUTPUT_NAMES, output_folder
+    folders = {}
+    for run in runs:
+        method = plan["runs"][run]["method"]
+        job_cfg = load_config(REPO / "params.yaml", [*base, *paths(work, f"{run}-s0")])
+        folders[run] = output_folder(job_cfg, OUTPUT_NAMES["detail" if method == "dcm" else method])
+    cfg = load_config(REPO / "params.yaml", [*base, *plan.get("common", []), *plan.get("final_overrides", []),
+                                             *shared_paths(work), f"evaluate.out_dir={work}/eval-final"])
+    # The teacher is generated again rather than its rows reused: they were timed beside the training
+    # jobs, and the speedup column must compare timings taken alike. Models load before their timer starts;
+    # the plan's final_overrides set the timed generations per row (the median leaves out the cold first).
+    result = evaluate_students(cfg, folders, work / "eval-final")
+    for key, path in result["files"].items():
+        if key in ("report", "grid"):
+            shutil.copy2(path, out / f"final_{path.name}")
+    (out / "final_metrics.json").write_text(json.dumps(result["metrics"], indent=2, default=float))
+
+
+def summarise(jobs: list[Job], work: Path, out: Path) -> None:
+    summary, tails = {}, []
+    for job in jobs:
+        root = work / "runs" / job.name
+        entry = {"stage": job.stage, "run": job.run, "seed": job.seed, "state": job.state, "overrides": job.overrides}
+        if job.earlier is not None:
+            entry = {**job.earlier, "state": "earlier"}
+        elif (root / "result.json").is_file():
+            entry["metrics"] = json.loads((root / "result.json").read_text())["metrics"]
+        log = root / "log.txt"
+        if log.is_file():
+            tails.append(f"== {job.name} ({job.state})\n" + "\n".join(log.read_text().splitlines()[-LOG_TAIL:]))
+        summary[job.name] = entry
+    (out / "matrix.json").write_text(json.dumps(summary, indent=1, default=float))
+    (out / "matrix.log").write_text("\n".join(tails) + "\n")
+    from safetensors.torch import load_file, save_file
+    samples = {}
+    for job in jobs:  # seed 0 of every run, the teacher once: the same prompts and noise in each
+        path = work / "runs" / job.name / SAMPLES
+        if job.seed == 0 and job.run and path.is_file():
+            for row, clips in load_file(path).items():
+                samples[row if row.startswith("teacher") else f"{job.run}/{row}"] = clips
+    if samples:
+        save_file(samples, str(out / "samples.safetensors"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", default=str(REPO / "research" / "plans" / "claim.yaml"))
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--work", default="/tmp/dcm-matrix")
+    parser.add_argument("--teacher-parts", help="folder with teacher_model.tar.part* (research/run_stages.py)")
+    parser.add_argument("--workers", type=int, default=8, help="shard writers")
+    parser.add_argument("--per-gpu", type=int, default=6, help="jobs sharing one GPU")
+    parser.add_argument("--budget-s", type=float, default=540, help="stop (with checkpoints) after this long")
+    parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
+    parser.add_argument("--final-s", type=float, default=120,
+                        help="the least budget left, once every job is done, to start the final evaluation")
+    parser.add_argument("--earlier", help="a matrix.json from another machine: its finished jobs are kept, not re-run")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
+    parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    work = Path(args.work)
+    if args.job:
+        sys.exit(run_job(json.loads(Path(args.job).read_text()), work, args.budget_end))
+    budget_end = time.time() + args.budget_s
+    plan = yaml.safe_load(Path(args.plan).read_text())
+    mistakes = plan_mistakes(plan)
+    if mistakes:
+        parser.error(f"{args.plan}: " + "; ".join(mistakes))
+    if args.runs:
+        chosen = args.runs.split(",")
+        unknown = set(chosen) - set(plan["runs"])
+        if unknown:
+            parser.error(f"runs {sorted(unknown)} are not in {args.plan}")
+        plan["runs"] = {name: spec for name, spec in plan["runs"].items() if name in chosen}
+    out = Path(args.out or work / "out")
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+    gpus = max(1, torch.cuda.device_count())
+    prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
+    jobs = plan_jobs(plan, args.overrides, work)
+    if args.earlier:
+        carry_over(jobs, json.loads(Path(args.earlier).read_text()))
+    print(f"{sum(j.state == 'waiting' for j in jobs)} jobs to run on {gpus} GPU(s) × {args.per_gpu} "
+          f"({sum(j.state == 'earlier' for j in jobs)} finished on an earlier machine)", flush=True)
+    final_done = work / "eval-final" / "metrics.json"
+    try:  # training gets the whole budget: time kept back for the final evaluation is lost if jobs are unfinished
+        schedule(jobs, work, out, gpus, args.per_gpu, budget_end)
+        final = final_runs(plan.get("final", []), jobs) if not final_done.is_file() else []
+        if final and time.time() < budget_end - args.final_s:
+            final_evaluation(plan, final, args.overrides, work, out)
+        elif final:
+            print(f"final evaluation: less than {args.final_s:.0f} s left; call again", flush=True)
+    finally:
+        summarise(jobs, work, out)
+    failed = [job.name for job in jobs if job.state == "failed"]
+    if failed:  # running them again would fail again: their logs (matrix.log) say why
+        raise SystemExit(f"jobs failed: {', '.join(failed)}; see matrix.log in {out}")
+    left = [job.name for job in jobs if job.state not in ("done", "earlier")]
+    if left or (final and not final_done.is_file()):
+        print(f"work left: {', '.join(left) or 'the final evaluation'}", flush=True)
+        sys.exit(STOPPED)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Run the pipeline's stages without the orchestration stack, e.g. on a bare GPU box.
+
+    python research/run_stages.py --out results/ -S profile=gpu [-S key=value ...] [--workers 14] \
+        [--stages shard,teacher,precompute,semantic,detail,lcm,pcm,single,evaluate] [--teacher-parts DIR]
+
+The stage functions are the ones `dvc repro` runs through Prefect; this driver only swaps the
+orchestration for a process pool (shards) and prints progress instead of logging to MLflow. It writes
+the teacher's metrics, a sample grid (PNG) and the trained teacher (tar, split into 15 MB parts) to
+--out, and for the later stages the students' metrics and the evaluation (metrics.json, report.md,
+samples.png). --teacher-parts unpacks a teacher written by an earlier call instead of training one.
+
+The teacher stage also runs data-parallel over every GPU of a machine (the global batch is split, the step
+is the one-process step):
+
+    torchrun --standalone --nproc_per_node 4 research/run_stages.py --stages teacher --resumable ...
+
+--resumable: a teacher stopped by its time limit keeps its checkpoint, writes --out/teacher_stopped.txt
+and exits with code 3 (torchrun reports that as a failure; the file says otherwise); the same command
+continues it. Without it, a stopped teacher is finished at the step reached (benchmarks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dcm.config import load_config
+from dcm.data.sharding import finalize, plan_shards, write_shard
+from dcm.errors import StoppedEarly
+from dcm.train.distributed import init_from_env, rank_and_world
+from dcm.stages.teacher import run_teacher_stage
+
+REPO = Path(__file__).resolve().parents[1]
+PART_BYTES = 15 * 2**20
+STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "single", "evaluate")
+STOPPED, STOPPED_FILE = 3, "teacher_stopped.txt"  # a --resumable teacher that its time limit stopped
+
+
+def shard(cfg, workers: int) -> None:
+    jobs, skips = plan_shards(cfg)
+    with get_context("spawn").Pool(workers) as pool:
+        results = pool.map(partial(write_shard, cfg=cfg, out_dir=Path(cfg.shard.dir)), jobs)
+    finalize(cfg, jobs, results, skips, Path(cfg.shard.dir))
+
+
+def sample_grid(clips: np.ndarray, path: Path, frames: int) -> None:
+    """One row per clip, `frames` evenly spaced frames per row."""
+    picks = np.linspace(0, clips.shape[1] - 1, frames).round().astype(int)
+    rows = [np.concatenate(list(clip[picks]), axis=1) for clip in clips]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", default="/tmp/dcm-work")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--grid-rows", type=int, default=12)
+    parser.add_argument("--grid-frames", type=int, default=8)
+    parser.add_argument("--stages", default="shard,teacher", help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--teacher-parts", help="folder with teacher_model.tar.part* from an earlier call")
+    parser.add_argument("--no-model", action="store_true", help="do not copy the trained teacher to --out")
+    parser.add_argument("--resumable", action="store_true",
+                        help="a time-limited teacher keeps its checkpoint and exits with code 3")
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [f"shard.dir={work}/shards", f"teacher.out_dir={work}/teacher",
+                 f"teacher.checkpoint_dir={work}/checkpoints/teacher", f"precompute.dir={work}/latents",
+                 f"distill.out_dir={work}/students", f"distill.checkpoint_dir={work}/checkpoints",
+                 f"evaluate.out_dir={work}/eval", *args.overrides]
+    cfg = load_config(REPO / "params.yaml", overrides)
+    timings = {}
+    stages = args.stages.split(",")
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
+    rank, world = init_from_env()
+    if world > 1 and stages != ["teacher"]:
+        parser.error("under torchrun only --stages teacher runs (shard first, in one process)")
+    if "shard" in stages:
+        start = time.perf_counter()
+        shard(cfg, args.workers)
+        timings["shard_s"] = time.perf_counter() - start
+    if args.teacher_parts:
+        unpack_teacher(Path(args.teacher_parts), work / "teacher")
+    if "teacher" in stages:
+        train_teacher(cfg, overrides, args, out, work, timings, rank)
+    if rank == 0:
+        later(cfg, stages, out, work, timings)
+
+
+def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
+    """The teacher folder from tar parts, plus the manifest the teacher stage would have written."""
+    from dcm.io import write_json_atomic
+    from dcm.models.family import folder_hash
+    data = b"".join(p.read_bytes() for p in sorted(parts.glob("teacher_model.tar.part*"),
+                                                    key=lambda p: int(p.name.rsplit("part", 1)[1])))
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(teacher_dir, filter="data")
+    write_json_atomic(teacher_dir / "manifest.json",
+                      {"family": "toy", "path": "model", "content_hash": folder_hash(teacher_dir / "model")})
+
+
+def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
+    """precompute, the distillation stages and evaluate, in that order, each timed."""
+    from dcm.stages.evaluate import run_evaluate_stage
+    from dcm.stages.precompute import run_precompute_stage
+    from dcm.stages.distill import run_distill_stage
+
+    def on_log(step: int, metrics: dict) -> None:
+        print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+
+    for stage in [s for s in STAGES[2:] if s in stages]:
+        start = time.perf_counter()
+        if stage == "precompute":
+            run_precompute_stage(cfg)
+        elif stage == "evaluate":
+            result = run_evaluate_stage(cfg)
+            for path in result["files"].values():
+                shutil.copy2(path, out / f"eval_{path.name}")
+            (out / "eval_metrics.json").write_text(json.dumps(result["metrics"], indent=2))
+            print((out / "eval_report.md").read_text(), flush=True)
+        else:
+            result = run_distill_stage(cfg, stage, on_log=on_log)
+            kept = {k: result[k] for k in ("folder", "metrics", "losses")}
+            (out / f"{stage}_metrics.json").write_text(json.dumps(kept, indent=2, default=str))
+            print(stage, result["metrics"], flush=True)
+        timings[f"{stage}_s"] = time.perf_counter() - start
+        print(f"{stage}: {timings[f'{stage}_s']:.0f} s", flush=True)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+
+def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timings: dict, rank: int) -> None:
+    curve = []
+
+    def on_log(step: int, metrics: dict) -> None:
+        curve.append({"step": step, **metrics})
+        if rank == 0:
+            print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+
+    start = time.perf_counter()
+    (out / STOPPED_FILE).unlink(missing_ok=True)
+    try:
+        result = run_teacher_stage(cfg, on_log=on_log)
+    except StoppedEarly as stopped:
+        print(stopped, flush=True)
+        if args.resumable or rank_and_world()[1] > 1:  # ranks cannot re-run alone
+            if rank == 0:
+                (out / STOPPED_FILE).write_text(f"{stopped}\n")
+            sys.exit(STOPPED)
+        # benchmarks: finish at the step reached
+        reached = json.loads(sorted((work / "checkpoints/teacher").glob("step-*"))[-1].joinpath("state.json").read_text())["step"]
+        cfg = load_config(REPO / "params.yaml", [*overrides, f"teacher.toy.train.steps={reached}"])
+        result = run_teacher_stage(cfg, on_log=on_log)
+    timings["teacher_s"] = time.perf_counter() - start
+    if rank != 0:  # data parallel: rank 0 exported and judged the teacher
+        return
+    device = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() "
+                             "if torch.cuda.is_available() else 'cpu')"], capture_output=True, text=True).stdout.strip()
+    report = {"device": device, "overrides": args.overrides, **timings, **result["manifest"],
+              "grid_prompts": [p["caption"] for p in result["prompts"][: args.grid_rows]], "curve": curve}
+    (out / "teacher_metrics.json").write_text(json.dumps(report, indent=2, default=str))
+    sample_grid(result["clips"][: args.grid_rows], out / "teacher_samples.png", args.grid_frames)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sampling", "curve")}, default=str), flush=True)
+    if args.no_model:
+        return
+    archive = work / "teacher_model.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(work / "teacher" / "model", arcname="model")
+    data = archive.read_bytes()
+    for number, begin in enumerate(range(0, len(data), PART_BYTES)):
+        (out / f"teacher_model.tar.part{number}").write_bytes(data[begin:begin + PART_BYTES])
+
+
+if __name__ == "__main__":
+    main()

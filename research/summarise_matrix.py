@@ -1,0 +1,139 @@
+"""RESULTS.md's tables from the matrix.json files that research/run_matrix.py wrote, and sample grids.
+
+    python research/summarise_matrix.py results/<run>/matrix.json [more.json ...] [--plan research/plans/claim.yaml]
+        [--samples results/<run>/samples.safetensors [more ...] --grid grid.png --gif grid.gif]
+
+Each number is the mean over the seeds a run finished, ± the sample standard deviation (n − 1) when there
+are several. A job (or a sample row) found in several files is taken from the last one. The grid and the
+GIF show, for the same prompts and noise, the teacher and each run of the plan's `final` list at every step
+count, from every samples file given (runs finished on different machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), ("judge_motion", "motion", 3),
+           ("psnr_vs_teacher", "PSNR vs teacher", 2), ("ssim_vs_teacher", "SSIM vs teacher", 3),
+           ("oversaturated_fraction", "over-saturated", 3), ("temporal_flicker", "temporal flicker", 4))
+
+
+def collect(paths: list[Path]) -> dict[tuple[str, int], list[dict]]:
+    """(run, steps) → one metrics row per finished seed; the teacher under ("teacher", its steps)."""
+    jobs = {}
+    for path in paths:
+        jobs |= json.loads(path.read_text())
+    rows: dict[tuple[str, int], list[dict]] = {}
+    teacher = {}
+    for job in jobs.values():
+        for key, row in job.get("metrics", {}).items():
+            model, _, steps = key.rpartition("_")
+            if not (isinstance(row, dict) and steps.isdigit()):  # device, prompts, vbench settings
+                continue
+            if model == "teacher":
+                teacher[int(steps)] = row
+            else:
+                rows.setdefault((job["run"], int(steps)), []).append(row)
+    for steps, row in teacher.items():
+        rows[("teacher", steps)] = [row]
+    return rows
+
+
+def cell(values: list[float], digits: int) -> str:
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(rows: dict, runs: list[str], steps: list[int] | None) -> str:
+    lines = ["| run | steps | seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---" * (3 + len(COLUMNS)) + "|"]
+    keys = [k for k in rows if k[0] == "teacher"] + [(run, s) for run in runs for s in sorted({k[1] for k in rows})
+                                                      if (run, s) in rows and (steps is None or s in steps)]
+    for run, s in keys:
+        seeds = rows[(run, s)]
+        cells = [cell([r[m] for r in seeds], d) if all(m in r for r in seeds) else "–" for m, _, d in COLUMNS]
+        lines.append(f"| {run} | {s} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claim(rows: dict, run: str = "dcm", steps: int = 4) -> str:
+    """The issue's test: DCM-4 within 5 % of the teacher, ahead of LCM-4 and PCM-4 by more than the spread."""
+    teacher = next(r[0]["judge_overall"] for k, r in rows.items() if k[0] == "teacher")
+    name = f"{run}-{steps}"
+    if (run, steps) not in rows:
+        return f"{name}: no finished run yet."
+    def stats(other):
+        values = [r["judge_overall"] for r in rows[(other, steps)]]
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    mean, sd = stats(run)
+    relative = f"{100 * (mean / teacher - 1):+.1f} %" if teacher else "(teacher scores 0)"
+    lines = [f"{name} {mean:.3f} vs teacher {teacher:.3f}: {relative} "
+             f"({'within' if mean >= 0.95 * teacher else 'outside'} 5 %)"]
+    for other in ("lcm", "pcm"):
+        if (other, steps) in rows:
+            other_mean, other_sd = stats(other)
+            margin = mean - other_mean
+            verdict = "ahead by more than the spread" if margin > sd + other_sd else (
+                "behind by more than the spread" if -margin > sd + other_sd else "within the spread")
+            lines.append(f"{name} − {other}-{steps} = {margin:+.3f} (spreads {sd:.3f}, {other_sd:.3f}): {verdict}")
+    return "\n".join(lines)
+
+
+def load_samples(paths: list[Path]) -> dict[str, np.ndarray]:
+    """Every row of every samples file; a row in several files is taken from the last one."""
+    from safetensors.torch import load_file
+    return {key: clip.numpy() for path in paths for key, clip in load_file(path).items()}
+
+
+def grids(clips: dict[str, np.ndarray], runs: list[str], png: Path, gif: Path | None, frames: int = 8) -> None:
+    """One row per model and step count, one column group per prompt: frames side by side (PNG), or the
+    whole grid animated over time (GIF)."""
+    def position(key: str) -> tuple[int, int]:  # "<run>/<model>_<steps>": plan order, then steps
+        return runs.index(key.split("/")[0]), int(key.rsplit("_", 1)[1])
+
+    order = sorted(k for k in clips if k.startswith("teacher")) + sorted(
+        (k for k in clips if k.split("/")[0] in runs), key=position)
+    stack = np.stack([clips[k] for k in order])  # (rows, prompts, frames, H, W, 3)
+    picks = np.linspace(0, stack.shape[2] - 1, frames).round().astype(int)
+    still = np.concatenate([np.concatenate([np.concatenate(list(clip[picks]), axis=1) for clip in row], axis=1)
+                            for row in stack], axis=0)
+    Image.fromarray(still).save(png)
+    if gif is not None:
+        pictures = [Image.fromarray(np.concatenate([np.concatenate(list(row[:, t]), axis=1) for row in stack], axis=0))
+                    .resize((stack.shape[1] * stack.shape[4] * 4, stack.shape[0] * stack.shape[3] * 4), Image.NEAREST)
+                    for t in range(stack.shape[2])]
+        pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=125, loop=0)
+    print(f"grid rows (top to bottom): {', '.join(order)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("matrices", nargs="+", type=Path)
+    parser.add_argument("--plan", type=Path, default=REPO / "research" / "plans" / "claim.yaml")
+    parser.add_argument("--samples", type=Path, nargs="+")
+    parser.add_argument("--grid", type=Path)
+    parser.add_argument("--gif", type=Path)
+    args = parser.parse_args()
+    plan = yaml.safe_load(args.plan.read_text())
+    rows = collect(args.matrices)
+    tables = plan.get("tables", {})
+    print("## Comparison\n\n" + table(rows, tables.get("comparison", []), None) + "\n")
+    print("## Ablation ladder (4 steps)\n\n" + table(rows, tables.get("ladder", []), [4]) + "\n")
+    print("## Tuning (4 steps)\n\n" + table(rows, tables.get("tuning", []), [4]) + "\n")
+    print("## The claim\n\n" + "\n\n".join(claim(rows, run) for run in tables.get("claim", ["dcm"])))
+    if args.samples and args.grid:
+        grids(load_samples(args.samples), plan.get("final", []), args.grid, args.gif)
+
+
+if __name__ == "__main__":
+    main()

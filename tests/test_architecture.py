@@ -1,0 +1,145 @@
+"""The layers hold: ops → stages → library, no import cycles, Prefect and MLflow only in ops, and dvc.yaml is
+what the stage specs and their code's imports say it is (so a stage can never look up to date while stale)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dcm.ops.dvcfile import SPECS, code_dependencies, imports_of, module_files, render
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.fast
+
+SERVICES = ("prefect", "prefect_dask", "mlflow")  # what only the ops layer may import
+
+
+def layer(module: str) -> str:
+    if module.startswith("dcm.ops"):
+        return "ops"
+    return "stages" if module.startswith("dcm.stages") else "library"
+
+
+def third_party_imports(module: str) -> set[str]:
+    """Top-level names of every package `module` imports, anywhere in its source."""
+    tree = ast.parse(module_files()[module].read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add((node.module or "").split(".")[0])
+    return names
+
+
+def unit(module: str) -> str:
+    """The library's packages (data, models, train, eval) are one unit each; other modules are their own."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if layer(module) == "library" and len(parts) > 2 else module
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module in module_files():
+        graph.setdefault(unit(module), set()).update(unit(t) for t in imports_of(module) if unit(t) != unit(module))
+    return graph
+
+
+def cycles(graph: dict[str, set[str]] | None = None) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan), by default over the modules and every
+    import statement."""
+    graph = graph or {module: set(imports_of(module)) for module in module_files()}
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_import_graph_sees_lazy_and_relative_imports():
+    assert "dcm.eval.judge" in imports_of("dcm.stages.teacher")
+    assert {"dcm.models.toy", "dcm.models.cogvideox"} <= imports_of("dcm.models.registry")  # inside a function
+    assert "dcm.ops.flows.shard" in imports_of("dcm.ops.cli")  # imported when the command runs
+
+
+def test_no_import_cycles():
+    assert cycles() == []
+
+
+def test_the_library_packages_do_not_import_each_other_in_a_circle():
+    """data, models, train and eval (and the top-level library modules) form a DAG: train and eval used to
+    import each other."""
+    assert cycles(package_graph()) == []
+
+
+def test_config_knows_the_same_vbench_dimensions_as_the_weights_table():
+    from dcm.config import VBENCH_DIMENSIONS
+    from dcm.eval.vbench_weights import REQUIRED
+    assert set(VBENCH_DIMENSIONS) == set(REQUIRED)
+
+
+def test_no_layer_imports_upwards():
+    order = {"library": 0, "stages": 1, "ops": 2}
+    upward = [(module, target) for module in module_files() for target in imports_of(module)
+              if order[layer(target)] > order[layer(module)]]
+    assert upward == []
+
+
+def test_only_the_ops_layer_talks_to_prefect_and_mlflow():
+    offenders = {module: sorted(third_party_imports(module) & set(SERVICES)) for module in module_files()
+                 if layer(module) != "ops" and third_party_imports(module) & set(SERVICES)}
+    assert offenders == {}
+
+
+def test_the_product_never_imports_the_research_harness_or_tests():
+    offenders = {module for module in module_files()
+                 if third_party_imports(module) & {"research", "tests", "benchmarks", "flows", "scripts"}}
+    assert offenders == set()
+
+
+def test_dvc_yaml_is_the_generated_one():
+    """Edit a stage spec or an import, forget `dcm dvc-yaml`, and this fails."""
+    assert (REPO / "dvc.yaml").read_text() == render(), "dvc.yaml is out of date: run `dcm dvc-yaml`"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spec", SPECS, ids=[spec.name for spec in SPECS])
+def test_every_module_a_stage_loads_is_among_its_dvc_deps(spec):
+    """At run time, not from the static reading: import the stage's flow in a fresh interpreter and list every
+    project module it loaded."""
+    code = (f"import importlib, json, sys; importlib.import_module({spec.flow!r}); "
+            "print(json.dumps(sorted(getattr(m, '__file__', None) or '' for m in list(sys.modules.values()))))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    package = REPO / "dcm"
+    loaded = {path for path in json.loads(done.stdout.splitlines()[-1]) if path.startswith(f"{package}/")}
+    listed = {str(REPO / dep) for dep in code_dependencies(spec)}
+    assert loaded - listed == set()
