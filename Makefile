@@ -30,12 +30,16 @@ run: $(STAMP)
 	dcm pipeline
 	dcm status
 
+# Test processes side by side (pytest-xdist), one test file per process at a time: the integration tests
+# spend most of their time in single-threaded subprocesses, so two cores run two files at once.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The edit loop: unit and tiny-component tests only (no subprocess pipelines, no servers); ~3 min.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "fast and not integration"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "fast and not integration"
 
 server: $(STAMP)
 	$(PREFECT_ENV) prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)

@@ -103,7 +103,9 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _fits_in_frame(self) -> DataConfig:
         # The generator keeps the whole object in view for the whole clip; refuse settings where
-        # that is impossible instead of silently clipping the motion.
+        # that is impossible instead of silently clipping the motion. Real footage has no such constraint.
+        if self.source != "shapes":
+            return self
         travel = (self.frames - 1) * self.shapes.speed[1] + 2 * self.shapes.size[1]
         if travel > 1:
             raise ValueError(

@@ -49,13 +49,18 @@ def euler_nodes(cfg: ScheduleConfig) -> torch.Tensor:
     return training_sigmas(cfg)[stride - 1::stride]
 
 
+def check_step_count(cfg: ScheduleConfig, steps: int, name: str = "steps") -> None:
+    """A sampler takes 1 to euler_nodes steps: the grid has no nodes between its own."""
+    if not 1 <= steps <= cfg.euler_nodes:
+        raise ValueError(f"{name} must be between 1 and schedule.euler_nodes={cfg.euler_nodes}, got {steps}")
+
+
 def sampling_sigmas(cfg: ScheduleConfig, steps: int) -> torch.Tensor:
     """Descending sigmas for an Euler solve with `steps` steps over the node grid, ending at 0.
 
     steps == euler_nodes uses every node; fewer steps use nodes spaced evenly in node index.
     """
-    if not 1 <= steps <= cfg.euler_nodes:
-        raise ValueError(f"steps must be between 1 and schedule.euler_nodes={cfg.euler_nodes}, got {steps}")
+    check_step_count(cfg, steps)
     nodes = euler_nodes(cfg)
     chosen = torch.linspace(cfg.euler_nodes - 1, 0, steps).round().long()
     return torch.cat([nodes[chosen], nodes.new_zeros(1)])

@@ -54,6 +54,8 @@ def test_override_of_unknown_key_is_refused(override, path):
 def test_impossible_motion_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="leaves the frame"):
         load_config(REPO / "params.yaml", ["data.frames=40"])
+    videos = load_config(REPO / "params.yaml", ["data.frames=40", "data.source=videos"])  # no shapes in real footage
+    assert videos.data.frames == 40
 
 
 def test_holdout_must_come_from_the_vocabulary():

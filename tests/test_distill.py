@@ -218,6 +218,15 @@ def test_generate_writes_a_playable_mp4_at_any_step_count(config, prepared, tmp_
     assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
 
 
+@pytest.mark.parametrize("steps", [0, 11])
+def test_generate_refuses_a_step_count_the_sampler_cannot_take(config, prepared, tmp_path, capsys, steps):
+    out = tmp_path / "clip.mp4"
+    code = cli(["generate", "a red circle moving left over black", "--steps", str(steps), "--out", str(out),
+                "--params", str(REPO / "params.yaml"), *sum((["-S", o] for o in prepared), [])])
+    assert code == 2 and not out.exists()
+    assert f"--steps must be between 1 and schedule.euler_nodes=10, got {steps}" in capsys.readouterr().err
+
+
 def test_each_method_is_fingerprinted_by_the_settings_it_reads(config):
     base = config()
     gan_off, tc_off, kappa = (config("distill.adversarial=none"), config("distill.tc_weight=0"),

@@ -47,6 +47,15 @@ def test_low_fps_source_repeats_frames(tmp_path, make_config):
     assert clips[0][:, 16, 16, 0].tolist() == [0, 0, 10, 10, 20, 20, 30, 30]
 
 
+def test_too_short_names_the_duration_and_what_the_sampling_rate_gives(tmp_path, make_config):
+    write_video(tmp_path / "quick.gif", ramp_clip(36), fps=50)  # 36 frames, 2 cs apart: 0.70 s
+    with pytest.raises(VideoError) as caught:
+        decode_clips(tmp_path / "quick.gif", videos_config(make_config, tmp_path, "data.frames=13").data)
+    reason = str(caught.value)
+    assert "lasts 0.70 s (36 frames)" in reason and "sample_fps=8 turns into 6 frames" in reason, reason
+    assert "data.frames=13 (1.62 s at that rate)" in reason, reason
+
+
 def test_resize_is_a_centre_crop(tmp_path, make_config):
     clip = np.zeros((8, 40, 80, 3), np.uint8)
     clip[:, :, 20:60] = 255  # a white centre band; 40×80 → scale to 32×64 → crop columns 16..48
@@ -134,6 +143,22 @@ def test_too_many_skips_fail_the_stage_but_keep_finished_shards(tmp_path, make_c
         run_shard_stage(cfg)
     assert list((Path(cfg.shard.dir) / "train").glob("*.tar"))  # the valid work is on disk for the re-run
     assert not (Path(cfg.shard.dir) / "manifest.json").exists()
+
+
+def test_a_val_fraction_that_empties_a_split_is_refused_before_decoding_with_one_that_works(tmp_path, make_config):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("one.mp4", "two.mp4"):
+        write_video(folder / name, ramp_clip(16), fps=8)
+        (folder / name).with_suffix(".txt").write_text(f"a grey ramp {name}")
+    with pytest.raises(ShardStageError) as caught:
+        run_shard_stage(videos_config(make_config, folder, "data.videos.val_fraction=0.000001"))
+    message = str(caught.value)
+    assert "data.videos.val_fraction=1e-06 leaves the val split empty: 2 usable videos" in message, message
+    assert not list(Path(tmp_path / "shards").rglob("*.tar"))  # refused before any decoding
+    suggested = message.split("a val_fraction from ")[1].split(" to ")[0]
+    manifest = run_shard_stage(videos_config(make_config, folder, f"data.videos.val_fraction={suggested}"))
+    assert manifest["splits"]["train"]["samples"] and manifest["splits"]["val"]["samples"]
 
 
 def test_caption_manifest_csv_and_jsonl(tmp_path, make_config):

@@ -1,4 +1,4 @@
-"""Integration: the shard flow through Prefect (ephemeral API) and `dvc repro` in a copy of the repo."""
+"""Integration: the shard flow through Prefect (the session's server) and `dvc repro` in a copy of the repo."""
 
 import csv
 import io
@@ -17,7 +17,7 @@ from tests.project import STAGES, commit_all, copy_project, dvc, parents, run_in
 pytestmark = pytest.mark.integration
 
 
-def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
+def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config, prefect_api):
     overrides = [f"shard.dir={tmp_path / 'flow'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
                  f"tracking.artifacts={tmp_path / 'art'}", "data.shapes.train_samples=40",
                  "data.shapes.val_samples=8", "shard.samples_per_shard=8", "shard.workers=2"]
@@ -27,7 +27,7 @@ def test_flow_with_parallel_workers_matches_a_serial_run(tmp_path, make_config):
     assert result["metrics"]["clips_written"] == 48 and result["run_id"]
 
 
-def test_dask_engine_writes_the_same_shards_in_worker_processes(tmp_path, make_config):
+def test_dask_engine_writes_the_same_shards_in_worker_processes(tmp_path, make_config, prefect_api):
     overrides = [f"shard.dir={tmp_path / 'dask'}", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}",
                  f"tracking.artifacts={tmp_path / 'art'}", "data.shapes.train_samples=40",
                  "data.shapes.val_samples=8", "shard.samples_per_shard=8", "shard.workers=2", "shard.engine=dask"]
@@ -86,18 +86,20 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 2, 2, 2]
 
-    params["profiles"]["tiny"]["data.shapes.val_samples"] = 6  # a data param: everything downstream re-runs
+    # A data param of the active profile makes the first stage stale (and with it, by the DAG, everything
+    # after it; re-running all of it is DVC's job, not ours, and costs a whole pipeline here).
+    edited = yaml.safe_load(yaml.safe_dump(params))
+    edited["profiles"]["tiny"]["data.shapes.val_samples"] = 6
+    (project / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    status = dvc(project, "status", "shard")
+    assert "shard:" in status.stdout and "profiles.tiny" in status.stdout, status.stdout
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = dvc(project, "repro")
-    assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert read_json(project / "data" / "shards" / "manifest.json")["splits"]["val"]["samples"] == 6
-    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 3, 3, 3]
 
     # A DVC experiment: one param changed, its metrics listed beside the workspace's by `dvc exp show`.
     commit_all(project, "baseline")
     experiment = dvc(project, "exp", "run", "--name", "wd-004", "-S", "distill.detail.weight_decay=0.004")
     assert experiment.returncode == 0, experiment.stdout + experiment.stderr
-    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 4, 4, 4]  # only the detail stage onwards
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 3, 3, 3]  # only the detail stage onwards
     shown = dvc(project, "exp", "show", "--csv")
     assert shown.returncode == 0, shown.stderr
     rows = list(csv.DictReader(io.StringIO(shown.stdout)))
@@ -110,7 +112,7 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     experiment = dvc(project, "exp", "run", "--name", "with-single", "-S", "distill.baselines=[single]")
     assert experiment.returncode == 0, experiment.stdout + experiment.stderr
     assert stage_runs(project, "distill_single") == 1
-    assert [stage_runs(project, s) for s in STAGES] == [2, 2, 3, 2, 4, 5, 5]
+    assert [stage_runs(project, s) for s in STAGES] == [1, 1, 2, 1, 3, 4, 4]
     rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--csv").stdout)))
     single = [row for row in rows if row.get("Experiment") == "with-single"]
     assert single and single[0]["single_4.judge_overall"] not in ("", "-")

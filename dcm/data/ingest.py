@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,30 @@ class Skip:
         return {"path": self.path, "reason": self.reason}
 
 
+def _bucket(relative_path: str) -> int:
+    return int(hashlib.sha256(relative_path.encode()).hexdigest(), 16) % SPLIT_RESOLUTION
+
+
 def split_of(relative_path: str, val_fraction: float) -> str:
     """Deterministic by path: adding files never moves an existing file between splits."""
-    bucket = int(hashlib.sha256(relative_path.encode()).hexdigest(), 16) % SPLIT_RESOLUTION
-    return "val" if bucket < val_fraction * SPLIT_RESOLUTION else "train"
+    return "val" if _bucket(relative_path) < val_fraction * SPLIT_RESOLUTION else "train"
+
+
+def check_both_splits(inputs: list[VideoInput], val_fraction: float) -> None:
+    """Refuse, before any decoding, a val_fraction that leaves a split empty, naming the values that work."""
+    splits = {v.split for v in inputs}
+    if len(inputs) < 2 or splits == {"train", "val"}:
+        if len(inputs) == 1:
+            raise ValueError(f"only one usable video ({inputs[0].path}): the train and val splits need one each; "
+                             "add videos to data.videos.dir")
+        return
+    buckets = sorted(_bucket(v.path) for v in inputs)
+    # val needs a bucket below val_fraction·R, train one at or above it
+    low, high = (buckets[0] + 1) / SPLIT_RESOLUTION, buckets[-1] / SPLIT_RESOLUTION
+    empty = "val" if "val" not in splits else "train"
+    raise ValueError(f"data.videos.val_fraction={val_fraction} leaves the {empty} split empty: {len(inputs)} usable "
+                     f"videos are split by a hash of their paths, and a val_fraction from {math.ceil(low * 1000) / 1000} "
+                     f"to {math.floor(high * 1000) / 1000} puts at least one in each; or add videos")
 
 
 def _read_caption_text(raw: bytes, where: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from dcm.config import DCMConfig, config_to_dict
 from dcm.data.clip_codec import encode_clip
-from dcm.data.ingest import Skip, VideoInput, discover_videos
+from dcm.data.ingest import Skip, VideoInput, check_both_splits, discover_videos
 from dcm.data.shapes import make_sample
 from dcm.data.video_io import VideoError, decode_clips
 from dcm.errors import StageError
@@ -83,6 +83,10 @@ def plan_shards(cfg: DCMConfig, videos_dir: Path | None = None) -> tuple[list[Sh
         return jobs, []
     folder = Path(videos_dir or cfg.data.videos.dir)
     inputs, skips = discover_videos(folder, cfg.data.videos)
+    try:
+        check_both_splits(inputs, cfg.data.videos.val_fraction)
+    except ValueError as error:
+        raise ShardStageError(f"{folder}: {error}") from None
     per = cfg.shard.videos_per_shard
     for split in SPLITS:
         chosen = [v for v in inputs if v.split == split]
@@ -180,6 +184,12 @@ def finalize(cfg: DCMConfig, jobs: list[ShardJob], results: list[ShardResult], s
             f"{cfg.data.videos.max_skip_fraction} (finished shards are kept for the re-run). {listing}")
     if cfg.data.source == "videos" and sum(r.samples for r in results) == 0:
         raise ShardStageError(f"no clips came out of {cfg.data.videos.dir}: add videos or check data.videos")
+    for split in SPLITS:  # every usable video of a split was skipped while decoding
+        if cfg.data.source == "videos" and not any(r.samples for r in results if r.split == split):
+            lost = [s for r in results if r.split == split for s in r.skipped]
+            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in lost[:5])
+            raise ShardStageError(f"no clips came out for the {split} split (its videos were skipped: {reasons}); "
+                                  "later stages need both splits: add videos or change data.videos.val_fraction")
     removed = remove_stale(out_dir, {j.name for j in jobs})
     splits = {}
     for split in SPLITS:

@@ -60,7 +60,8 @@ def decode_clips(path: str | Path, data: DataConfig) -> list[np.ndarray]:
     wanted = cfg.clips_per_video or None
     clips: list[np.ndarray] = []
     current: list[np.ndarray] = []
-    decoded = 0
+    decoded = taken = 0
+    first_time = last_time = None  # frame timestamps, for a "too short" reason a user can check
     import av
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
@@ -72,6 +73,10 @@ def decode_clips(path: str | Path, data: DataConfig) -> list[np.ndarray]:
                 raise VideoError(f"frame size {stream.width}x{stream.height} exceeds data.videos.max_side={cfg.max_side}")
             for takes, frame in _frame_times(container, stream, cfg):
                 decoded += 1
+                taken += takes
+                if frame.time is not None:
+                    first_time = frame.time if first_time is None else first_time
+                    last_time = frame.time
                 if not takes:
                     continue
                 if not (0 < frame.width <= cfg.max_side and 0 < frame.height <= cfg.max_side):
@@ -93,8 +98,21 @@ def decode_clips(path: str | Path, data: DataConfig) -> list[np.ndarray]:
     if not clips:
         if decoded == 0:
             raise VideoError("no decodable frames")
-        raise VideoError(f"too short: {decoded} frames decoded, a clip needs {data.frames} at the sampling rate")
+        raise VideoError(_too_short(decoded, taken, first_time, last_time, data))
     return clips[:wanted] if wanted else clips
+
+
+def _too_short(decoded: int, taken: int, first_time: float | None, last_time: float | None, data: DataConfig) -> str:
+    """Why no clip came out, in the units the user set: the video's duration against what one clip needs."""
+    cfg = data.videos
+    if cfg.sample_fps:
+        timed = first_time is not None and last_time is not None
+        lasts = f"lasts {last_time - first_time:.2f} s ({decoded} frames)" if timed else f"has {decoded} frames"
+        return (f"too short: the video {lasts}, which data.videos.sample_fps={cfg.sample_fps:g} turns into {taken} "
+                f"frames; a clip needs data.frames={data.frames} ({data.frames / cfg.sample_fps:.2f} s at that rate). "
+                "Raise sample_fps or lower data.frames to use it")
+    return (f"too short: {decoded} frames, every data.videos.frame_stride={cfg.frame_stride}th taken gives {taken}; "
+            f"a clip needs data.frames={data.frames}. Lower frame_stride or data.frames to use it")
 
 
 # Codec and pixel format per container: what ordinary players open.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcm.config import DCMConfig
+from dcm.config import ConfigError, DCMConfig
 from dcm.data.tensors import video_to_clips
 from dcm.data.video_io import write_video
 from dcm.pipeline import DCMPipeline
 from dcm.sampling import generate
-from dcm.schedule import sampling_sigmas
+from dcm.schedule import check_step_count, sampling_sigmas
 from dcm.stages.paths import output_folder
 from dcm.stages.teacher import load_teacher
 from dcm.train.loop import resolve_device
@@ -29,17 +29,23 @@ def student_folder(cfg: DCMConfig, model: str) -> Path:
 def run_generate(cfg: DCMConfig, model: str, prompt: str, steps: int | None, seed: int, guidance: float | None,
                  out: Path) -> Path:
     sampling = cfg.teacher.sampling
+    if steps is None:
+        steps = sampling.steps if model == "teacher" else cfg.distill.sample_steps
+    try:
+        check_step_count(cfg.schedule, steps, "--steps")  # before any model is loaded
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     device = resolve_device(cfg.teacher.toy.train.device)
     if model == "teacher":
         teacher = load_teacher(cfg, device)
         video = generate(teacher, [prompt], [seed], cfg.data.frames, cfg.data.height, cfg.data.width,
-                         sampling_sigmas(cfg.schedule, steps or sampling.steps),
+                         sampling_sigmas(cfg.schedule, steps),
                          sampling.guidance_scale if guidance is None else guidance, cfg.teacher.negative_prompt, 1)
     else:
         if guidance is not None:
             raise ValueError("--guidance applies to the teacher only: distilled students have their guidance built in")
         pipe = DCMPipeline.from_pretrained(student_folder(cfg, model), device)
-        video = pipe.videos([prompt], [seed], steps or cfg.distill.sample_steps, cfg.data.frames, cfg.data.height,
+        video = pipe.videos([prompt], [seed], steps, cfg.data.frames, cfg.data.height,
                             cfg.data.width, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, video_to_clips(video)[0], sampling.fps, options={"crf": str(sampling.mp4_crf)})
