@@ -212,7 +212,7 @@ class ToyTeacherConfig(Strict):
 class SamplingConfig(Strict):
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    eval_prompts: int = Field(ge=1)  # held-out prompts the teacher stage generates and judges
+    eval_prompts: int = Field(ge=0)  # held-out prompts the teacher stage generates and scores (0: none)
     guidance_scale: float = Field(ge=0)  # real CFG weight (embedded guidance for guidance-distilled families)
     fps: float = Field(gt=0)
     mp4_crf: int = Field(ge=0, le=51)
@@ -331,6 +331,18 @@ class GateMetric(Strict):
     tolerance: float = Field(ge=0)  # how much worse than the champion the challenger may be
 
 
+class Gate(Strict):
+    primary: GateMetric  # must not be worse than the champion's by more than its tolerance
+    guards: list[GateMetric]  # likewise, each one
+
+
+class Gates(Strict):
+    """The gate per data.source: what "better" can mean depends on what the evaluation can measure."""
+
+    shapes: Gate  # ground truth exists: the judge
+    videos: Gate  # none: fidelity to the teacher from the same noise, guarded against flicker and saturation
+
+
 class RegistryConfig(Strict):
     """MLflow registry: every evaluated student becomes a version aliased `challenger`; `champion` moves
     only when the challenger passes the gate against the current champion."""
@@ -338,8 +350,7 @@ class RegistryConfig(Strict):
     model_prefix: str  # registered model name: <prefix>-<family>
     out: str  # the register stage's record (name, version, run) for DVC
     reevaluation_dir: str  # the champion re-evaluation's download, metrics and report
-    primary: GateMetric
-    guards: list[GateMetric]
+    gates: Gates
     speedup_metric: str
     min_speedup: float = Field(ge=0)
 

@@ -11,12 +11,15 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast, T5Config,
                           T5EncoderModel, UMT5Config, UMT5EncoderModel)
 
-from dcm.config import DiscriminatorConfig, LoraConfig
+from dcm.config import ConfigError, DiscriminatorConfig, LoraConfig, load_config
 from dcm.models.discriminator import Discriminator
 from dcm.models.dual_expert import Student
 from dcm.models.family import TeacherFolderError
 from dcm.models.registry import family_class
+from dcm.models.tiling import Tiling, geometry_problem
 from dcm.sampling import guided_velocity
+from dcm.stages.shard import run_shard_stage
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.fast
 
@@ -166,3 +169,37 @@ def test_dual_expert_and_discriminator_on_every_family(tmp_path, name):
     logits = heads(taps, grid)
     assert [tuple(x.shape) for x in logits] == [(2, *grid)] * len(taps)
     assert teacher.project_features(taps[0]).shape[:2] == taps[0].shape[:2]
+
+
+def test_tiling_rules_by_hand():
+    wan = Tiling(temporal=4, spatial=8, patch=(1, 2, 2), causal=True)
+    assert geometry_problem(wan, 9, 32, 48, "wan") is None
+    problem = geometry_problem(wan, 8, 40, 56, "wan")
+    assert "data.height=40 (a multiple of 16: 32 or 48)" in problem and "data.width=56 (a multiple of 16: 48 or 64)" in problem
+    assert "data.frames=8 (1 + a multiple of 4: 5 or 9)" in problem
+    toy = Tiling(temporal=1, spatial=1, patch=(2, 4, 4), causal=False)
+    assert geometry_problem(toy, 8, 32, 32, "toy") is None
+    assert "data.frames=7 (a multiple of 2: 6 or 8)" in geometry_problem(toy, 7, 32, 32, "toy")
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_each_family_reads_its_tiling_from_the_folder_configs(tmp_path, name):
+    BUILDERS[name](tmp_path)
+    family = family_class(name)
+    tiling = family.tiling(tmp_path)
+    loaded = family.load(tmp_path, 8)
+    frames = 1 + 2 * tiling.temporal * tiling.patch[0]  # a length every causal VAE here keeps whole
+    height, width = tiling.pixel_multiple
+    assert loaded.patch_size == tiling.patch
+    assert loaded.latent_shape(frames, height, width)[2:] == (height // tiling.spatial, width // tiling.spatial)
+
+
+def test_a_geometry_the_teacher_cannot_tile_is_refused_before_any_work(tmp_path):
+    build_wan(tmp_path / "wan")
+    cfg = load_config(REPO / "params.yaml", ["teacher.family=wan", f"teacher.path={tmp_path / 'wan'}", "data.frames=9",
+                                             "data.height=40", "data.width=56", f"shard.dir={tmp_path / 'shards'}"])
+    with pytest.raises(ConfigError) as caught:
+        run_shard_stage(cfg)
+    assert str(caught.value).startswith(f"the wan teacher in {tmp_path / 'wan'} cannot tile data.height=40 "
+                                        "(a multiple of 16: 32 or 48), data.width=56 (a multiple of 16: 48 or 64)")
+    assert not (tmp_path / "shards").exists()

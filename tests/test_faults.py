@@ -22,8 +22,10 @@ from tests.project import BIN, copy_project, run_in
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
 # More work per stage than the tiny profile, so that a kill lands after a stage has saved some of it and
-# before it is done: 10 shards, 24 teacher steps and 16 of each expert, checkpoints every 4, 4 student rows.
-LONGER = ["shard.samples_per_shard=4", "precompute.batch_size=2", "teacher.toy.train.steps=24",
+# before it is done: 20 shards (a kill after at most half of them: a test process starved of CPU by another
+# one running beside it still lands in time), 24 teacher steps and 16 of each expert, checkpoints every 4,
+# 4 student rows.
+LONGER = ["shard.samples_per_shard=2", "precompute.batch_size=2", "teacher.toy.train.steps=24",
           "teacher.toy.train.checkpoint_every=4", "evaluate.student_steps=[1,2,4,8]"]
 for _part in ("semantic", "detail"):
     LONGER += [f"distill.{_part}.steps=16", f"distill.{_part}.checkpoint_every=4"]
@@ -40,11 +42,11 @@ def checkpointed(folder: str):
 
 
 # stage → (its progress, the progress values a kill may follow, the file it writes last). Each range
-# leaves work after the kill: 10 train shards, 24 teacher and 16 expert steps, 5 evaluation rows.
+# leaves work after the kill: 20 train shards, 24 teacher and 16 expert steps, 5 evaluation rows.
 PROGRESS = {
-    "shard": (finished("data/shards/train/*.json"), range(1, 9), "data/shards/manifest.json"),
+    "shard": (finished("data/shards/train/*.json"), range(1, 11), "data/shards/manifest.json"),
     "teacher": (checkpointed("data/checkpoints/teacher"), range(4, 20, 4), "data/teacher/manifest.json"),
-    "precompute": (finished("data/latents/train/*.json"), range(1, 9), "data/latents/manifest.json"),
+    "precompute": (finished("data/latents/train/*.json"), range(1, 11), "data/latents/manifest.json"),
     "distill_semantic": (checkpointed("data/checkpoints/semantic"), range(4, 12, 4), "data/students/semantic.json"),
     "distill_detail": (checkpointed("data/checkpoints/detail"), range(4, 12, 4), "data/students/dcm.json"),
     "evaluate": (finished("data/eval/rows/*.json"), range(1, 4), "data/eval/metrics.json"),

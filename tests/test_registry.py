@@ -32,14 +32,30 @@ def metrics(judge: float, ssim: float = 0.5, oversaturated: float = 0.1, speedup
 
 
 def test_gate_by_hand():
-    assert decide(GATE, metrics(0.5), None).promote  # the first passing version
-    assert not decide(GATE, metrics(0.5, speedup=1.5), None).promote  # too slow, even as the first
-    assert decide(GATE, metrics(0.79), metrics(0.80)).promote  # within the 0.02 tolerance
-    rejected = decide(GATE, metrics(0.70), metrics(0.80))
+    assert decide(GATE, "shapes", metrics(0.5), None).promote  # the first passing version
+    assert not decide(GATE, "shapes", metrics(0.5, speedup=1.5), None).promote  # too slow, even as the first
+    assert decide(GATE, "shapes", metrics(0.79), metrics(0.80)).promote  # within the 0.02 tolerance
+    rejected = decide(GATE, "shapes", metrics(0.70), metrics(0.80))
     assert not rejected.promote and any("judge_overall: 0.7 fails" in r for r in rejected.reasons)
-    assert not decide(GATE, metrics(0.9, ssim=0.3), metrics(0.8, ssim=0.5)).promote  # guard: fidelity dropped
-    assert not decide(GATE, metrics(0.9, oversaturated=0.3), metrics(0.8)).promote  # guard: over-saturation
-    assert decide(GATE, metrics(0.9, oversaturated=0.12), metrics(0.8)).promote
+    assert not decide(GATE, "shapes", metrics(0.9, ssim=0.3), metrics(0.8, ssim=0.5)).promote  # guard: fidelity dropped
+    assert not decide(GATE, "shapes", metrics(0.9, oversaturated=0.3), metrics(0.8)).promote  # guard: over-saturation
+    assert decide(GATE, "shapes", metrics(0.9, oversaturated=0.12), metrics(0.8)).promote
+
+
+def test_real_footage_is_gated_on_fidelity_to_the_teacher_with_flicker_and_saturation_guards():
+    def footage(ssim: float, flicker: float = 0.95, oversaturated: float = 0.01) -> dict:
+        return {"dcm_4.ssim_vs_teacher": ssim, "dcm_4.temporal_flicker": flicker,
+                "dcm_4.oversaturated_fraction": oversaturated, "dcm_4.speedup": 10.0}  # no judge: no ground truth
+
+    assert decide(GATE, "videos", footage(0.70), None).promote
+    assert decide(GATE, "videos", footage(0.69), footage(0.70)).promote  # within 0.02
+    worse = decide(GATE, "videos", footage(0.60), footage(0.70))
+    assert not worse.promote and worse.reasons[0] == "gate of data.source videos: primary dcm_4.ssim_vs_teacher"
+    assert not decide(GATE, "videos", footage(0.75, flicker=0.90), footage(0.70)).promote  # flickers more
+    assert not decide(GATE, "videos", footage(0.75, oversaturated=0.2), footage(0.70)).promote
+    assert not decide(GATE, "shapes", footage(0.75), footage(0.70)).promote  # the shapes gate wants a judge score
+    custom = load_config(REPO / "params.yaml", ["registry.gates.videos.primary.metric=dcm_4.psnr_vs_teacher"]).registry
+    assert "primary dcm_4.psnr_vs_teacher" in decide(custom, "videos", footage(0.7), footage(0.7)).reasons[0]
 
 
 @pytest.fixture

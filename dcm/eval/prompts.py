@@ -6,24 +6,42 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from dcm.config import DCMConfig
 from dcm.data.reader import make_dataset
 from dcm.errors import StageError
 
 
-def heldout_prompts(shard_dir: str | Path, count: int) -> list[dict]:
+def heldout_samples(shard_dir: str | Path, count: int) -> tuple[list[dict], np.ndarray]:
     """`count` val samples, those whose colour+shape pair never appeared in training first, topped up
-    with the other val samples when there are too few. Each entry: caption, ground truth, seed."""
+    with the other val samples when there are too few: (prompts, their real clips). Each prompt: caption,
+    seed, and the shapes ground truth where the clip has one."""
     heldout, others = [], []
     for number, sample in enumerate(make_dataset(shard_dir, "val", split_by_rank=False)):  # the same on every rank
         meta = sample["meta"]
         entry = {"caption": sample["caption"], "seed": int(meta.get("index", number)),
                  "heldout": bool(meta.get("heldout")),
                  **{k: meta[k] for k in ("shape", "colour", "background", "direction") if k in meta}}
-        (heldout if entry["heldout"] else others).append(entry)
+        (heldout if entry["heldout"] else others).append((entry, sample["clip"]))
         if len(heldout) >= count:
             break
-    return (heldout + others)[:count]
+    chosen = (heldout + others)[:count]
+    return [entry for entry, _ in chosen], np.stack([clip for _, clip in chosen]) if chosen else np.zeros((0,))
+
+
+def heldout_prompts(shard_dir: str | Path, count: int) -> list[dict]:
+    return heldout_samples(shard_dir, count)[0]
+
+
+def real_clips(shard_dir: str | Path, count: int) -> np.ndarray:
+    """Up to `count` held-out real clips: what generated clips are compared with as a distribution."""
+    return heldout_samples(shard_dir, count)[1]
+
+
+def has_ground_truth(prompts: list[dict]) -> bool:
+    """Only prompts drawn from shapes clips carry what the judge checks."""
+    return bool(prompts) and all("background" in p and "shape" in p for p in prompts)
 
 
 def file_prompts(path: str | Path, count: int, seed: int) -> list[dict]:

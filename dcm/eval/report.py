@@ -11,11 +11,12 @@ from PIL import Image
 from dcm.io import atomic_path
 
 COLUMNS = ("judge_overall", "judge_colour", "judge_shape", "judge_motion", "psnr_vs_teacher", "ssim_vs_teacher",
-           "saturation_mean", "oversaturated_fraction", "temporal_flicker", "latency_s", "speedup")
+           "mmd_vs_real", "saturation_mean", "oversaturated_fraction", "temporal_flicker", "latency_s", "speedup")
 REPORT_FILE, TABLE_FILE, GRID_FILE = "report.md", "quality.csv", "samples.png"
 CHARTS = (("judge_overall", "judge overall (higher is better)"),
           ("psnr_vs_teacher", "PSNR vs teacher, dB (higher is closer)"),
-          ("speedup", "speedup vs the teacher"))  # each drawn to <metric>.png when some row has it
+          ("speedup", "speedup vs the teacher"))  # each drawn to <metric>.png (a note where no row has it)
+NOT_MEASURED = {"judge_overall": "the prompts carry no shapes ground truth"}
 GRID_FRAMES = 4  # frames per sample row
 GAP = 2  # pixels between rows
 
@@ -52,9 +53,11 @@ def write_charts(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     paths = []
     for metric, title in CHARTS:
-        if not any(metric in row for row in rows):
-            continue
         figure, axis = plt.subplots(figsize=(5, 3.2))
+        if not any(metric in row for row in rows):  # still drawn: DVC tracks every chart, whatever the source
+            axis.text(0.5, 0.5, f"not measured in this evaluation\n({NOT_MEASURED.get(metric, 'no row has it')})",
+                      ha="center", va="center", transform=axis.transAxes)
+            axis.set_axis_off()
         for model in dict.fromkeys(row["model"] for row in rows):
             points = [(row["steps"], row[metric]) for row in rows if row["model"] == model and metric in row]
             if not points:
@@ -65,7 +68,8 @@ def write_charts(rows: list[dict], out: Path) -> list[Path]:
                 axis.plot(*zip(*points), marker="o", label=model)
         axis.set_xlabel("steps")
         axis.set_title(title)
-        axis.legend()
+        if axis.lines:
+            axis.legend()
         figure.tight_layout()
         path = out / f"{metric}.png"
         with atomic_path(path) as tmp:
@@ -87,6 +91,27 @@ def sample_grid(samples: dict[str, np.ndarray], rows: int) -> np.ndarray:
     return np.concatenate(strips[:-1], axis=0)
 
 
+def write_grid(samples: dict[str, np.ndarray], rows: int, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(sample_grid(samples, rows)).save(tmp, format="png")
+
+
+def write_loss_curve(losses: list[float], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    axis.plot(range(1, len(losses) + 1), losses, linewidth=0.8)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_yscale("log" if min(losses, default=0) > 0 else "linear")
+    axis.set_title(title)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
 def write_report(rows: list[dict], samples: dict[str, np.ndarray], captions: list[str], out: Path,
                  device: str, notes: list[str] = ()) -> dict[str, Path]:
     files = {"report": out / REPORT_FILE, "table": out / TABLE_FILE, "grid": out / GRID_FILE}
@@ -96,8 +121,7 @@ def write_report(rows: list[dict], samples: dict[str, np.ndarray], captions: lis
     with atomic_path(files["report"]) as tmp:
         Path(tmp).write_text(text)
     write_table(rows, files["table"])
-    with atomic_path(files["grid"]) as tmp:
-        Image.fromarray(sample_grid(samples, len(captions))).save(tmp, format="png")
+    write_grid(samples, len(captions), files["grid"])
     for path in write_charts(rows, out):
         files[path.stem] = path
     return files

@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
 from dcm.models.family import ScaledVAEFamily
+from dcm.models.tiling import Tiling, read_config
 
 
 class CogVideoXFamily(ScaledVAEFamily):
@@ -34,6 +35,13 @@ class CogVideoXFamily(ScaledVAEFamily):
             tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
             scheduler=CogVideoXDDIMScheduler.from_pretrained(folder / "scheduler")).to(device)
         return cls(pipe.transformer, pipe.vae, {"pipeline": pipe}, max_text_tokens)
+
+    @classmethod
+    def tiling(cls, folder: Path) -> Tiling:
+        vae, transformer = read_config(folder, "vae"), read_config(folder, "transformer")
+        patch = transformer.get("patch_size", 2)
+        return Tiling(vae.get("temporal_compression_ratio", 4), 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1),
+                      (transformer.get("patch_size_t") or 1, patch, patch), True)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:

@@ -79,6 +79,11 @@ class TeacherFamily:
     def _load(cls, folder: Path, device: torch.device, dtype: torch.dtype, max_text_tokens: int) -> TeacherFamily:
         raise NotImplementedError
 
+    @classmethod
+    def tiling(cls, folder: Path):
+        """The clip sizes the folder's VAE and transformer take (dcm.models.tiling.Tiling), from configs alone."""
+        raise NotImplementedError
+
     # -- shapes --------------------------------------------------------------------------------------
     @property
     def patch_size(self) -> tuple[int, int, int]:

@@ -10,6 +10,7 @@ from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteSchedule
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
 from dcm.models.family import ScaledVAEFamily
+from dcm.models.tiling import Tiling, read_config
 
 # crop_start None: the pipeline measures the template's length with the folder's own tokenizer
 # (95 for the released Llama tokenizer) instead of trusting a constant.
@@ -37,6 +38,13 @@ class HunyuanFamily(ScaledVAEFamily):
             tokenizer_2=AutoTokenizer.from_pretrained(folder / "tokenizer_2"),
             scheduler=FlowMatchEulerDiscreteScheduler()).to(device)
         return cls(pipe.transformer, pipe.vae, {"pipeline": pipe}, max_text_tokens)
+
+    @classmethod
+    def tiling(cls, folder: Path) -> Tiling:
+        vae, transformer = read_config(folder, "vae"), read_config(folder, "transformer")
+        patch = transformer.get("patch_size", 2)
+        return Tiling(vae.get("temporal_compression_ratio", 4), vae.get("spatial_compression_ratio", 8),
+                      (transformer.get("patch_size_t", 1), patch, patch), True)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:

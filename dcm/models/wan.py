@@ -8,6 +8,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from dcm.models.family import TeacherFamily
+from dcm.models.tiling import Tiling, read_config
 
 
 class WanFamily(TeacherFamily):
@@ -27,6 +28,12 @@ class WanFamily(TeacherFamily):
         text = {"encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder", use_safetensors=True, torch_dtype=dtype).to(device),
                 "tokenizer": AutoTokenizer.from_pretrained(folder / "tokenizer")}
         return cls(transformer, vae, text, max_text_tokens)
+
+    @classmethod
+    def tiling(cls, folder: Path) -> Tiling:
+        vae, transformer = read_config(folder, "vae"), read_config(folder, "transformer")
+        downsample = vae.get("temperal_downsample", [False, True, True])
+        return Tiling(2 ** sum(downsample), 2 ** len(downsample), tuple(transformer.get("patch_size", (1, 2, 2))), True)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:

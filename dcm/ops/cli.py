@@ -47,8 +47,9 @@ def cmd_shard(args) -> int:
 def cmd_teacher(args) -> int:
     from dcm.ops.flows.teacher import teacher_flow
     result = teacher_flow(args.params, args.overrides)
-    metrics = result["manifest"].get("metrics", {})
-    summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+    manifest = result["manifest"]
+    summary = ", ".join(f"{k}={v:.3f}" for k, v in manifest.get("metrics", {}).items()) or \
+        f"the {manifest['family']} teacher in {manifest['path']}, validated"
     print(f"teacher: {load_config(args.params, args.overrides).teacher.out_dir} ({summary}); MLflow run {result['run_id']}")
     return 0
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -74,14 +76,29 @@ def requirements() -> list[str]:
     return pins
 
 
+@contextmanager
+def self_contained(folder: Path) -> Iterator[Path]:
+    """The folder, or a copy with its links resolved: a real teacher's student links the teacher's encoders
+    (dcm/pipeline.py), and a registered version must hold everything it loads (MLflow also refuses
+    artifacts that resolve outside the folder)."""
+    if not any(path.is_symlink() for path in folder.rglob("*")):
+        yield folder
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / folder.name
+        shutil.copytree(folder, copy, symlinks=False)
+        yield copy
+
+
 def register_challenger(cfg: DCMConfig, folder: Path, metrics: dict, lineage: dict[str, str]) -> dict:
     """Log the pipeline folder as a pyfunc (models-from-code, with this package as code), register a new
     version of dcm-<family>, tag it with metrics and lineage, and point `challenger` at it."""
     client = registry_client(cfg)
     name = model_name(cfg)
-    info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"pipeline": str(folder)},
-                                   code_paths=[str(PACKAGE)], signature=signature(), pip_requirements=requirements(),
-                                   model_config=cfg.serving.model_dump(mode="json"))
+    with self_contained(folder) as logged:
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"pipeline": str(logged)},
+                                       code_paths=[str(PACKAGE)], signature=signature(),
+                                       pip_requirements=requirements(), model_config=cfg.serving.model_dump(mode="json"))
     version = mlflow.register_model(info.model_uri, name)
     tags = {**{f"{METRIC_TAG}{k}": str(v) for k, v in flatten_metrics(metrics).items()}, **lineage}
     try:
@@ -105,7 +122,7 @@ def promote(cfg: DCMConfig) -> dict:
     if champion is not None and champion.version == challenger.version:
         return {"name": name, "challenger": int(challenger.version), "champion": int(champion.version),
                 "promoted": False, "reasons": ["the challenger already is the champion"]}
-    decision = decide(cfg.registry, version_metrics(challenger),
+    decision = decide(cfg.registry, cfg.data.source, version_metrics(challenger),
                       version_metrics(champion) if champion is not None else None)
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)

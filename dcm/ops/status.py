@@ -32,10 +32,13 @@ def _shards_line(manifest: dict) -> str:
 
 
 def _teacher_line(manifest: dict) -> str:
-    judge = manifest.get("metrics", {}).get("judge_overall")
-    if judge is None:
+    metrics = manifest.get("metrics", {})
+    if "steps" not in manifest:  # a real teacher: recorded, not trained
         return f"{manifest['family']} teacher at {manifest['path']}"
-    return f"{manifest['family']}, {manifest['steps']} steps, judge overall {judge:.3f} on held-out prompts"
+    if "judge_overall" in metrics:
+        return f"{manifest['family']}, {manifest['steps']} steps, judge overall {metrics['judge_overall']:.3f} on held-out prompts"
+    distance = f", MMD² to held-out clips {metrics['mmd_vs_real']:.3f}" if "mmd_vs_real" in metrics else ""
+    return f"{manifest['family']}, {manifest['steps']} steps, final loss {metrics['final_loss']:.4f}{distance}"
 
 
 def _latents_line(manifest: dict) -> str:

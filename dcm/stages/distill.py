@@ -23,7 +23,7 @@ from dcm.data.stream import SampleStream
 from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError, StoppedEarly
 from dcm.eval.judge import judge_many
-from dcm.eval.prompts import heldout_prompts
+from dcm.eval.prompts import has_ground_truth, heldout_prompts
 from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.models.dual_expert import Student
 from dcm.models.family import folder_hash
@@ -175,7 +175,7 @@ def sample_and_judge(cfg: DCMConfig, pipe: DCMPipeline, steps: int) -> tuple[dic
                         cfg.data.height, cfg.data.width, len(prompts))
     pipe.student.train(was_training)
     clips = video_to_clips(video)
-    scores = judge_many(clips, prompts, cfg.data, cfg.judge) if cfg.data.source == "shapes" else {}
+    scores = judge_many(clips, prompts, cfg.data, cfg.judge) if has_ground_truth(prompts) else {}
     return scores, clips, prompts
 
 

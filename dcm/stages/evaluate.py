@@ -1,7 +1,7 @@
 """Stage `evaluate`: the teacher (reference sampler, CFG), the DCM student at each configured step count
-and every baseline present, all from the same prompts, seeds and initial noise, scored by the judge,
-the real vbench package, fidelity to the teacher (PSNR/SSIM), saturation, and latency measured in the
-same run.
+and every baseline present, all from the same prompts, seeds and initial noise, scored by the judge
+(where the prompts carry shapes ground truth), the distance to held-out real clips, the real vbench
+package, fidelity to the teacher (PSNR/SSIM), saturation, flicker, and latency measured in the same run.
 
 Outputs in `evaluate.out_dir`: metrics.json (DVC metrics), quality.csv (DVC plots), report.md, charts
 (PNG), samples.png (one row per model and prompt) and vbench/ (the clips vbench scored, its logs).
@@ -21,19 +21,20 @@ import torch
 from dcm.config import DCMConfig, config_to_dict
 from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError
-from dcm.eval.fidelity import psnr, saturation_stats, ssim, temporal_flicker
-from dcm.eval.judge import judge_many
-from dcm.eval.prompts import evaluation_prompts
+from dcm.eval.fidelity import psnr, ssim
+from dcm.eval.prompts import evaluation_prompts, real_clips
 from dcm.eval.report import CHARTS, GRID_FILE, REPORT_FILE, TABLE_FILE, write_report
+from dcm.eval.scores import clip_scores
 from dcm.eval.row_cache import ROWS_DIR, load_row, row_fingerprint, save_row
 from dcm.eval.vbench_scores import vbench_scores
 from dcm.eval.vbench_weights import check_weights, stand_in_dimensions
-from dcm.io import remove_orphaned_temporaries, write_json_atomic
+from dcm.io import remove_orphaned_temporaries, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash
 from dcm.pipeline import DCMPipeline
 from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
-from dcm.stages.paths import BASELINES_DIR, EVAL_METRICS, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL, output_folder
+from dcm.stages.paths import (BASELINES_DIR, EVAL_METRICS, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL, output_folder,
+                              shard_manifest)
 from dcm.stages.spec import Output, StageSpec
 from dcm.stages.teacher import load_teacher, teacher_content_hash
 from dcm.train.loop import resolve_device
@@ -43,7 +44,7 @@ SPEC = StageSpec(
     name="evaluate", command="dcm evaluate", flow="dcm.ops.flows.evaluate",
     params=("seed", "data", "schedule", "judge", "distill.baselines", "teacher.sampling", "teacher.negative_prompt",
             "teacher.max_text_tokens", "evaluate"),
-    deps=("${evaluate.prompt_file}", f"${{teacher.out_dir}}/{TEACHER_MODEL}", f"${{teacher.out_dir}}/{MANIFEST}",
+    deps=("${evaluate.prompt_file}", f"${{shard.dir}}/{MANIFEST}", f"${{teacher.out_dir}}/{TEACHER_MODEL}", f"${{teacher.out_dir}}/{MANIFEST}",
           f"${{distill.out_dir}}/{OUTPUT_NAMES['detail']}", f"${{distill.out_dir}}/{BASELINES_DIR}"),
     outs=(Output(f"${{evaluate.out_dir}}/{GRID_FILE}", cache=False),
           Output(f"${{evaluate.out_dir}}/{REPORT_FILE}", cache=False),
@@ -66,12 +67,10 @@ def _timed(make: Callable[[], torch.Tensor], repeats: int, count: int) -> tuple[
     return out, statistics.median(seconds)
 
 
-def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.ndarray | None, name: str,
-          device: torch.device, out: Path) -> dict[str, float]:
-    judged = cfg.data.source == "shapes" and cfg.evaluate.prompt_source == "heldout"  # needs ground truth
-    scores = judge_many(clips, prompts, cfg.data, cfg.judge) if judged else {}
-    metrics = {f"judge_{k}": v for k, v in scores.items()} | saturation_stats(clips)
-    metrics["temporal_flicker"] = temporal_flicker(clips)
+def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.ndarray | None, real: np.ndarray,
+          name: str, device: torch.device, out: Path) -> dict[str, float]:
+    """clip_scores (the judge where prompts carry ground truth), vbench, and fidelity to the teacher's clips."""
+    metrics = clip_scores(clips, prompts, real, cfg.data, cfg.judge)
     metrics |= vbench_scores(clips, [p["caption"] for p in prompts], name, cfg.evaluate.vbench,
                              out / VBENCH_DIR, device.type, cfg.data.fps)
     if reference is not None:
@@ -101,9 +100,11 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
     device = resolve_device(ev.device)
     device_name = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
     prompts = evaluation_prompts(cfg)
+    real = real_clips(cfg.shard.dir, ev.prompts)  # held-out footage: the distribution mmd_vs_real compares with
     captions, seeds = [p["caption"] for p in prompts], [p["seed"] for p in prompts]
     rows_dir = out / ROWS_DIR
-    inputs = {"prompts": prompts, "device": device_name, "seed": cfg.seed, "data": config_to_dict(cfg.data),
+    inputs = {"prompts": prompts, "real": sha256_file(shard_manifest(cfg)), "device": device_name, "seed": cfg.seed,
+              "data": config_to_dict(cfg.data),
               "schedule": config_to_dict(cfg.schedule), "judge": config_to_dict(cfg.judge),
               "sampling": config_to_dict(sampling), "negative": cfg.teacher.negative_prompt,
               "evaluate": {k: v for k, v in config_to_dict(ev).items()
@@ -119,7 +120,7 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
         load()  # loading the model is not part of its latency
         video, latency = _timed(make, ev.latency_repeats, len(prompts))
         clips = video_to_clips(video)
-        row = {**score(cfg, clips, prompts, reference, name, device, out), "latency_s": latency}
+        row = {**score(cfg, clips, prompts, reference, real, name, device, out), "latency_s": latency}
         save_row(rows_dir, name, fingerprint, row, clips)
         return row, clips
 

@@ -10,6 +10,7 @@ from dcm.data.video_io import write_video
 from dcm.pipeline import DCMPipeline
 from dcm.sampling import generate
 from dcm.schedule import check_step_count, sampling_sigmas
+from dcm.stages.checks import check_geometry
 from dcm.stages.paths import output_folder
 from dcm.stages.teacher import load_teacher
 from dcm.train.loop import resolve_device
@@ -35,6 +36,7 @@ def run_generate(cfg: DCMConfig, model: str, prompt: str, steps: int | None, see
         check_step_count(cfg.schedule, steps, "--steps")  # before any model is loaded
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_geometry(cfg)
     device = resolve_device(cfg.teacher.toy.train.device)
     if model == "teacher":
         teacher = load_teacher(cfg, device)

@@ -26,6 +26,6 @@ def run_reevaluate_stage(cfg: DCMConfig, folder: Path, recorded: dict[str, float
     check_reevaluation(cfg)
     # resume=False: the point is to measure again, never to reuse an earlier night's rows
     result = evaluate_students(cfg, {"dcm": folder}, Path(cfg.registry.reevaluation_dir), on_result, resume=False)
-    decision = decide(cfg.registry, flatten_metrics(result["metrics"]), recorded)
+    decision = decide(cfg.registry, cfg.data.source, flatten_metrics(result["metrics"]), recorded)
     return {"regression": not decision.promote, "reasons": decision.reasons, "metrics": result["metrics"],
             "files": result["files"]}

@@ -77,16 +77,18 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
 
 
-def decide(gate: RegistryConfig, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
-    """The champion gate as a pure function of the two versions' metrics."""
-    reasons, ok = [], True
+def decide(gate: RegistryConfig, source: str, challenger: dict[str, float],
+           champion: dict[str, float] | None) -> Decision:
+    """The champion gate of data.source `source` as a pure function of the two versions' metrics."""
+    rules = getattr(gate.gates, source)
+    reasons, ok = [f"gate of data.source {source}: primary {rules.primary.metric}"], True
     speedup = challenger.get(gate.speedup_metric)
     if speedup is None or speedup < gate.min_speedup:
         ok = False
         reasons.append(f"{gate.speedup_metric} = {speedup} is below the minimum {gate.min_speedup}")
     if champion is None:
         return Decision(ok, reasons + ([] if not ok else ["no champion yet: the first passing version becomes champion"]))
-    for role, rule in [("primary", gate.primary)] + [("guard", g) for g in gate.guards]:
+    for role, rule in [("primary", rules.primary)] + [("guard", g) for g in rules.guards]:
         verdict = _compare(rule, challenger, champion)
         reasons.append(f"{role} {verdict[1]}")
         ok = ok and verdict[0]

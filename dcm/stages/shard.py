@@ -10,9 +10,10 @@ from pathlib import Path
 
 from dcm.config import DCMConfig
 from dcm.data.sharding import ShardJob, ShardResult, finalize, plan_shards, write_shard
+from dcm.stages.checks import check_geometry
 from dcm.stages.spec import Output, StageSpec
 
-__all__ = ["SPEC", "ShardJob", "ShardResult", "finalize", "plan_shards", "run_shard_stage", "write_shard"]
+__all__ = ["SPEC", "ShardJob", "ShardResult", "finalize", "plan", "run_shard_stage", "write_shard"]
 
 SPEC = StageSpec(
     name="shard", command="dcm shard", flow="dcm.ops.flows.shard",
@@ -23,9 +24,15 @@ SPEC = StageSpec(
                  note="finished shards survive a killed run; the stage reuses or removes them itself"),))
 
 
+def plan(cfg: DCMConfig, videos_dir: Path | None = None) -> tuple[list[ShardJob], list]:
+    """The shards to write, after the checks that refuse a config no later stage could run."""
+    check_geometry(cfg)
+    return plan_shards(cfg, videos_dir)
+
+
 def run_shard_stage(cfg: DCMConfig, out_dir: Path | None = None, videos_dir: Path | None = None) -> dict:
     """The whole stage in one process (the flow runs the same three steps with parallel jobs)."""
     out_dir = Path(out_dir or cfg.shard.dir)
-    jobs, skips = plan_shards(cfg, videos_dir)
+    jobs, skips = plan(cfg, videos_dir)
     results = [write_shard(job, cfg, out_dir, videos_dir) for job in jobs]
     return finalize(cfg, jobs, results, skips, out_dir)

@@ -1,8 +1,10 @@
 """Stage `teacher`: pretrain the toy teacher by flow matching, or validate a real teacher's folder.
 
 Either way the stage ends with `manifest.json` naming the teacher folder, its family and content
-hash, so every later stage loads the teacher the same way. The toy teacher is then judged on held-out
-prompts with the reference sampler (teacher.sampling): the number later distillation must match.
+hash, so every later stage loads the teacher the same way. The toy teacher then samples held-out
+prompts with the reference sampler (teacher.sampling) and is scored (dcm/eval/scores.py: judged where the
+prompts carry shapes ground truth): the numbers later distillation must match. Its loss curve and a grid of
+real vs teacher clips for the same prompts land beside the model.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from dcm.config import DCMConfig
 from dcm.data.stream import SampleStream
 from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError, StoppedEarly
-from dcm.eval.judge import judge_many
-from dcm.eval.prompts import heldout_prompts
+from dcm.eval.prompts import heldout_samples
+from dcm.eval.report import write_grid, write_loss_curve
+from dcm.eval.scores import clip_scores
 from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash, validate_folder
 from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
+from dcm.stages.checks import check_geometry
 from dcm.stages.paths import MANIFEST, METRICS, TEACHER_MODEL, shard_manifest, teacher_manifest, teacher_model_dir
 from dcm.stages.spec import Output, StageSpec, param_values
 from dcm.train.distributed import rank_and_world
@@ -36,6 +40,9 @@ from dcm.train.loop import resolve_device, train, training_fingerprint
 # drop out there), then what only the exported folder's judgement and a real teacher's record read.
 TRAINING_PARAMS = ("seed", "schedule", "teacher.negative_prompt", "teacher.toy")
 REPORTING_PARAMS = ("data", "judge", "teacher.sampling", "teacher.family", "teacher.path", "teacher.max_text_tokens")
+# Pictures for people (and the MLflow run), not DVC outputs: a real teacher has no loss curve and
+# teacher.sampling.eval_prompts: 0 draws no grid.
+LOSS_CURVE, SAMPLE_GRID = "loss.png", "samples.png"
 
 SPEC = StageSpec(
     name="teacher", command="dcm teacher", flow="dcm.ops.flows.teacher",
@@ -74,15 +81,20 @@ def teacher_content_hash(cfg: DCMConfig) -> str:
     return read_json(path)["content_hash"]
 
 
-def judge_teacher(teacher, cfg: DCMConfig, steps: int | None = None) -> tuple[dict, np.ndarray, list[dict]]:
-    """Generate the held-out prompts with the reference sampler and judge them."""
+def score_teacher(teacher, cfg: DCMConfig, steps: int | None = None) -> dict:
+    """Generate teacher.sampling.eval_prompts held-out prompts with the reference sampler and score them
+    (clip_scores: the judge only where the prompts carry shapes ground truth). Returns metrics, clips,
+    prompts and the real clips of the same prompts; nothing when eval_prompts is 0."""
     sampling = cfg.teacher.sampling
-    prompts = heldout_prompts(cfg.shard.dir, sampling.eval_prompts)
+    if not sampling.eval_prompts:
+        return {"metrics": {}, "clips": None, "prompts": [], "real": None}
+    prompts, real = heldout_samples(cfg.shard.dir, sampling.eval_prompts)
     videos = generate(teacher, [p["caption"] for p in prompts], [p["seed"] for p in prompts], cfg.data.frames,
                       cfg.data.height, cfg.data.width, sampling_sigmas(cfg.schedule, steps or sampling.steps),
                       sampling.guidance_scale, cfg.teacher.negative_prompt, sampling.batch_size)
     clips = video_to_clips(videos)
-    return judge_many(clips, prompts, cfg.data, cfg.judge), clips, prompts
+    return {"metrics": clip_scores(clips, prompts, real, cfg.data, cfg.judge), "clips": clips, "prompts": prompts,
+            "real": real}
 
 
 def _record_real_teacher(cfg: DCMConfig, out: Path) -> dict:
@@ -90,6 +102,7 @@ def _record_real_teacher(cfg: DCMConfig, out: Path) -> dict:
     folder = Path(cfg.teacher.path).resolve()
     validate_folder(folder, family.components)
     manifest = {"family": family.name, "path": str(folder), "content_hash": folder_hash(folder)}
+    Path(cfg.teacher.checkpoint_dir).mkdir(parents=True, exist_ok=True)  # a DVC output; nothing trains here
     (out / TEACHER_MODEL).mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / TEACHER_MODEL / "SOURCE.json", manifest)
     write_json_atomic(out / METRICS, {})
@@ -99,6 +112,7 @@ def _record_real_teacher(cfg: DCMConfig, out: Path) -> dict:
 
 def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None = None,
                       stop_after: int | None = None) -> dict:
+    check_geometry(cfg)
     out = Path(cfg.teacher.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.teacher.family != "toy":
@@ -121,15 +135,18 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     teacher.save_pretrained(tmp, transformer=result.ema or teacher.transformer)  # ship the EMA weights
     shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
     tmp.rename(out / TEACHER_MODEL)
-    reloaded = load_teacher(cfg, device)  # judge what later stages will load, not the object in memory
-    scores, clips, prompts = judge_teacher(reloaded, cfg)
+    reloaded = load_teacher(cfg, device)  # score what later stages will load, not the object in memory
+    scored = score_teacher(reloaded, cfg)
     tail = result.losses[-train_cfg.log_every:]
-    metrics = {"final_loss": float(np.mean(tail)), **{f"judge_{k}": v for k, v in scores.items()}}
+    metrics = {"final_loss": float(np.mean(tail)), **scored["metrics"]}
+    write_loss_curve(result.losses, out / LOSS_CURVE, "teacher flow-matching loss")
+    if scored["clips"] is not None:  # each held-out prompt: the real clip, then the teacher's
+        write_grid({"real": scored["real"], "teacher": scored["clips"]}, len(scored["prompts"]), out / SAMPLE_GRID)
     # What the model is, not how the run went: a resumed run writes the same bytes as an uninterrupted one.
-    manifest = {"family": "toy", "path": TEACHER_MODEL, "content_hash": folder_hash(out / TEACHER_MODEL), "steps": result.steps,
-                "metrics": metrics,
-                "sampling": cfg.teacher.sampling.model_dump(), "eval_prompts": len(prompts)}
+    manifest = {"family": "toy", "path": TEACHER_MODEL, "content_hash": folder_hash(out / TEACHER_MODEL),
+                "steps": result.steps, "metrics": metrics, "sampling": cfg.teacher.sampling.model_dump(),
+                "eval_prompts": len(scored["prompts"])}
     write_json_atomic(out / METRICS, metrics)
     write_json_atomic(out / MANIFEST, manifest)
-    return {"manifest": manifest, "metrics": metrics, "clips": clips, "prompts": prompts, "losses": result.losses,
-            "resumed_from": result.resumed_from}
+    return {"manifest": manifest, "metrics": metrics, "clips": scored["clips"], "prompts": scored["prompts"],
+            "losses": result.losses, "resumed_from": result.resumed_from}

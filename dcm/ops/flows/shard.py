@@ -14,7 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from dcm.config import DEFAULT_PARAMS, DCMConfig, config_to_dict, load_config
 from dcm.ops.tracking import stage_run
 from dcm.stages.paths import MANIFEST
-from dcm.stages.shard import ShardJob, ShardResult, finalize, plan_shards, write_shard
+from dcm.stages.shard import ShardJob, ShardResult, finalize, plan, write_shard
 
 IO_RETRIES = 2
 IO_RETRY_DELAY_S = 2
@@ -54,7 +54,7 @@ def shard_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None = 
     with stage_run(cfg.tracking, "shard", {"seed": cfg.seed, "data": config_to_dict(cfg.data),
                                            "shard": config_to_dict(cfg.shard)}) as run:
         start = time.perf_counter()
-        jobs, skips = plan_shards(cfg, videos_dir)
+        jobs, skips = plan(cfg, videos_dir)
         logger.info("%d shard(s) planned from %s input", len(jobs), cfg.data.source)
         futures = write_shard_task.map(jobs, cfg=unmapped(cfg), out_dir=unmapped(out_dir),
                                        videos_dir=unmapped(videos_dir))

@@ -1,13 +1,15 @@
-"""Flow `teacher`: pretrain (toy) or validate (real families) the teacher; log curves, samples, judge."""
+"""Flow `teacher`: pretrain (toy) or validate (real families) the teacher; log curves, samples, scores."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from dcm.config import DEFAULT_PARAMS, config_to_dict, load_config
 from dcm.ops.tracking import stage_run
-from dcm.stages.teacher import run_teacher_stage
+from dcm.stages.teacher import LOSS_CURVE, SAMPLE_GRID, run_teacher_stage
 from dcm.ops.flows.common import log_sample_videos, markdown_table
 
 SAMPLE_VIDEOS = 4
@@ -26,7 +28,9 @@ def teacher_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None 
 
         result = run_teacher_stage(cfg, on_log=on_log)
         run.log_metrics(result["metrics"])
-        run.log_artifact(f"{cfg.teacher.out_dir}/manifest.json")
+        for name in ("manifest.json", LOSS_CURVE, SAMPLE_GRID):
+            if (Path(cfg.teacher.out_dir) / name).is_file():
+                run.log_artifact(Path(cfg.teacher.out_dir) / name)
         if result["clips"] is not None:
             sampling = cfg.teacher.sampling
             log_sample_videos(run, result["clips"], [p["caption"] for p in result["prompts"]], sampling.fps,
@@ -34,7 +38,8 @@ def teacher_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None 
         create_markdown_artifact(
             markdown_table(f"Teacher ({cfg.teacher.family})", result["metrics"],
                            f"{cfg.teacher.sampling.steps}-step Euler, CFG {cfg.teacher.sampling.guidance_scale}, "
-                           f"{len(result['prompts'])} held-out prompts"), key="teacher-report")
+                           f"{len(result['prompts'])} held-out prompts (judged where they carry shapes ground truth)"),
+            key="teacher-report")
     return {"manifest": result["manifest"], "run_id": run.run_id}
 
 
