@@ -174,3 +174,9 @@ def test_every_module_a_stage_loads_is_among_its_dvc_deps(spec, loaded_by_each_f
     listed = {str(REPO / dep) for dep in code_dependencies(spec)}
     assert str(package / spec.flow.replace(".", "/")[len("dcm/"):]) + ".py" in loaded  # the child saw the flow
     assert loaded - listed == set()
+
+
+def test_no_training_checkpoint_is_a_dvc_output():
+    """Checkpoints are for resuming; DVC hashing, caching and pushing them costs hundreds of GB at scale."""
+    outputs = [out.path for spec in SPECS for out in (*spec.outs, *spec.metrics, *spec.plots)]
+    assert outputs and not [path for path in outputs if "checkpoint_dir" in path]

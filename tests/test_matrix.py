@@ -19,11 +19,9 @@ PLAN = {"seeds": [0], "common": ["evaluate.prompts=3", "evaluate.student_steps=[
                                  "evaluate.latency_repeats=1", "evaluate.grid_prompts=2"],
         "runs": {"dcm": {"method": "dcm"},
                  "lora_tc": {"method": "dcm", "overrides": ["distill.adversarial=none"]},  # dcm's semantic expert
-                 "lora": {"method": "dcm", "overrides": ["distill.tc_weight=0", "distill.adversarial=none"]},
-                 "phased": {"method": "dcm", "overrides": ["distill.detail_phases=2"]},  # dcm's semantic expert
                  "lcm": {"method": "lcm"}},
         "final": ["dcm", "lcm"], "final_overrides": ["evaluate.student_steps=[4]"],
-        "tables": {"comparison": ["dcm", "lcm"], "ladder": ["lora", "lora_tc", "dcm"], "tuning": []}}
+        "tables": {"comparison": ["dcm", "lcm"], "ladder": ["lora_tc", "dcm"], "tuning": []}}
 
 
 def script(name: str, *args: str) -> str:
@@ -44,10 +42,10 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     log = script("run_matrix.py", "--plan", str(plan), "--work", str(tmp_path / "work"), "--out", str(out),
                  "--teacher-parts", str(teacher), "--workers", "2", "--per-gpu", "3", "--budget-s", "800", *overrides)
     jobs = json.loads((out / "matrix.json").read_text())
-    assert sorted(jobs) == ["dcm-s0", "lcm-s0", "lora-s0", "lora_tc-s0", "phased-s0", "semantic-dcm-s0",
-                            "semantic-lora-s0", "teacher-eval"], log  # lora_tc, phased: no semantic expert of their own
+    assert sorted(jobs) == ["dcm-s0", "lcm-s0", "lora_tc-s0", "semantic-dcm-s0", "teacher-eval"], log
+    # lora_tc has no semantic expert of its own: dcm's stage-1 settings are its own
     assert all(job["state"] == "done" for job in jobs.values()), log
-    for name in ("dcm-s0", "lora-s0", "lora_tc-s0", "phased-s0"):
+    for name in ("dcm-s0", "lora_tc-s0"):
         assert {"teacher_6", "dcm_1", "dcm_4"} <= set(jobs[name]["metrics"])
     assert jobs["lcm-s0"]["metrics"]["lcm_4"]["psnr_vs_teacher"] > 0
     # the teacher's rows were computed once and reused by every student's evaluation
@@ -56,7 +54,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert {"dcm_4", "lcm_4"} <= set(final) and (out / "final_samples.png").stat().st_size > 0
     assert "dcm_1" not in final  # the plan's final_overrides apply to the final evaluation only
     samples = load_file(out / "samples.safetensors")
-    assert {"teacher_6", "dcm/dcm_4", "lora/dcm_4", "lcm/lcm_1"} <= set(samples)
+    assert {"teacher_6", "dcm/dcm_4", "lora_tc/dcm_4", "lcm/lcm_1"} <= set(samples)
     assert tuple(samples["dcm/dcm_4"].shape) == (2, 4, 16, 16, 3)  # grid prompts, frames, H, W, RGB
 
     # samples from two machines (here: the one file split in two) make one grid
@@ -81,8 +79,8 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     states = {name: job["state"] for name, job in json.loads((again / "matrix.json").read_text()).items()}
     assert states == {"teacher-eval": "done", **{name: "earlier" for name in jobs if name != "teacher-eval"}}, log
     assert "dcm at seed 0 was trained on an earlier machine" in log and not (again / "final_metrics.json").exists()
-    kept = json.loads((again / "matrix.json").read_text())["lora-s0"]["metrics"]
-    assert kept == jobs["lora-s0"]["metrics"]
+    kept = json.loads((again / "matrix.json").read_text())["lora_tc-s0"]["metrics"]
+    assert kept == jobs["lora_tc-s0"]["metrics"]
 
     # A budget that ends before a job could start: exit code 3, call again.
     stopped = subprocess.run([sys.executable, str(REPO / "research" / "run_matrix.py"), "--plan", str(plan),

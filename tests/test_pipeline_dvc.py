@@ -1,10 +1,14 @@
 """Integration: the shard flow through Prefect (the session's server) and `dvc repro` in a copy of the repo."""
 
 import csv
+import hashlib
 import io
+import json
 import os
 import subprocess
+import urllib.request
 
+import mlflow
 import pytest
 import yaml
 
@@ -44,7 +48,23 @@ def project(tmp_path, prefect_api):
     return copy_project(tmp_path / "project")
 
 
-def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
+def prefect_post(url: str, path: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def flow_run_logs(url: str, flow: str, project) -> list[str]:
+    """The log lines of the project's runs of `flow`, read back through the Prefect API."""
+    runs = prefect_post(url, "/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}})
+    ours = [run["id"] for run in runs if str(project) in json.dumps(run["parameters"])]
+    assert ours, f"no {flow} flow run of {project} on the server"
+    logs = prefect_post(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": ours}}, "limit": 200})
+    return [entry["message"] for entry in logs]
+
+
+def test_dvc_repro_runs_once_then_only_when_a_param_changes(project, prefect_api):
     first = run_in(project, "dcm", "pipeline")  # dvc repro + promotion under one parent run
     assert first.returncode == 0, first.stdout + first.stderr
     assert "dcm-toy version 1: promoted to champion" in first.stdout
@@ -59,6 +79,22 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     evaluation = read_json(project / "data" / "eval" / "metrics.json")
     assert {"teacher_6", "dcm_4", "dcm_8"} <= set(evaluation) and evaluation["dcm_4"]["speedup"] > 0
     assert (project / ".prefect").is_dir()  # Prefect stayed inside the project
+    # The flows' step lines reach the flow-run logs (Prefect's UI), not only the MLflow run.
+    assert any(line.startswith("step 4: loss=") for line in flow_run_logs(prefect_api, "teacher", project))
+    assert any("shard(s) planned" in line for line in flow_run_logs(prefect_api, "shard", project))
+    # Samples at every distill.sample_every step, as images MLflow's UI shows with a step slider.
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs_of = client.get_experiment_by_name("dcm").experiment_id  # the MLflow experiment every stage logs to
+    semantic = client.search_runs([runs_of], "tags.`dcm.stage` = 'distill_semantic'")[0]
+    images = client.list_artifacts(semantic.info.run_id, "images")
+    assert sorted(int(a.path.split("+step+")[1].split("+")[0]) for a in images if a.path.endswith(".png")) == [2, 4]
+    # Checkpoints are kept for resume but DVC neither records nor caches them.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    locked = [out["path"] for stage in lock.values() for out in stage.get("outs", [])]
+    assert locked and not [path for path in locked if "checkpoints" in path]
+    cached = {path.parent.name + path.name for path in (project / ".dvc" / "cache").rglob("*") if path.is_file()}
+    checkpoint_files = [path for path in (project / "data" / "checkpoints").rglob("*") if path.is_file()]
+    assert checkpoint_files and not [p for p in checkpoint_files if hashlib.md5(p.read_bytes()).hexdigest() in cached]
 
     again = dvc(project, "repro")
     assert again.returncode == 0 and "up to date" in again.stdout
@@ -106,6 +142,9 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project):
     named = [row for row in rows if row.get("Experiment") == "wd-004"]
     assert named and named[0]["distill.detail.weight_decay"] == "0.004"
     assert named[0]["dcm_4.judge_overall"] not in ("", "-")  # the experiment's evaluation metrics
+    runs = client.search_runs([runs_of], "tags.`dcm.stage` = 'distill_detail'")
+    assert [run.data.tags.get("dvc.experiment") for run in runs].count("wd-004") == 1  # the MLflow run names it
+    assert all(run.data.tags.get("prefect.flow_run_id") for run in runs)  # and the Prefect flow run that ran it
 
     # A baseline listed for one experiment: distill_baselines trains it, evaluate adds its rows, and the
     # DCM stages (whose settings did not change) are not re-run.

@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     apply_runtime_defaults(Path.cwd())
     args = build_parser().parse_args(argv)
+    if getattr(args, "params", None):  # flow-run parameters in Prefect's UI then name the project
+        args.params = str(Path(args.params).resolve())
     try:
         check_prefect_api(args)
         return args.func(args)

@@ -1,7 +1,7 @@
 """Process environment the pipeline needs before Prefect, MLflow or Hugging Face libraries are imported.
 
-Defaults only (an explicit setting always wins): Prefect keeps its database inside the project and
-sends no analytics, nothing is ever fetched from a model hub, and vbench reads weights from a
+Defaults only (an explicit setting always wins): Prefect keeps its database inside the project, sends
+no analytics, and ships the flows' log lines to the API rather than the terminal, nothing is ever fetched from a model hub, and vbench reads weights from a
 project-local cache that users fill themselves.
 """
 
@@ -15,7 +15,10 @@ def runtime_defaults(root: Path) -> dict[str, str]:
     return {
         "PREFECT_HOME": str(root / ".prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
+        # The flows' INFO lines (training steps, shard counts) go to the flow-run logs in Prefect's UI; the
+        # terminal gets warnings only (and progress bars), not Prefect's own chatter about each run.
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
         "PREFECT_SERVER_EPHEMERAL_ENABLED": "true",
         # The first start of a fresh project migrates Prefect's database; 20 s (the default) is not
         # always enough on a 2-core machine.

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import numpy as np
+from prefect.runtime import flow_run
 
 from dcm.config import TrackingConfig, flatten
 from dcm.ops.services import check_reachable, is_http
@@ -37,6 +39,14 @@ def git_state(root: Path) -> dict[str, str]:
             "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
 
 
+def lineage_tags() -> dict[str, str]:
+    """Links from the MLflow run to what started it: the Prefect flow run, and the DVC experiment when
+    `dvc exp run` runs the stage (DVC names it in the stage's environment)."""
+    tags = {"prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name,
+            "dvc.experiment": os.environ.get("DVC_EXP_NAME"), "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+    return {key: str(value) for key, value in tags.items() if value}
+
+
 def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -54,6 +64,11 @@ class StageRun:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         if self.run_id:
             mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        """One image per step under `key`: MLflow's UI shows them with a step slider."""
+        if self.run_id:
+            mlflow.log_image(image, key=key, step=step, synchronous=True)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id:
@@ -85,7 +100,7 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict, root: Path | None =
     mlflow.set_tracking_uri(uri)
     parent = os.environ.get("DCM_PARENT_RUN_ID") or None
     with mlflow.start_run(experiment_id=_experiment_id(cfg, root), run_name=stage, parent_run_id=parent,
-                          nested=parent is not None, tags={"dcm.stage": stage, **git_state(root)},
+                          nested=parent is not None, tags={"dcm.stage": stage, **git_state(root), **lineage_tags()},
                           log_system_metrics=system_metrics) as run:
         mlflow.log_params({k: str(v)[:MLFLOW_PARAM_CHARS] for k, v in flatten(params).items()})
         yield StageRun(run.info.run_id, stage)

@@ -32,7 +32,7 @@ from dcm.schedule import expert_threshold, method_edges, segment_edges
 from dcm.stages.paths import (BASELINES, BASELINES_INDEX, EMPTY_PROMPT, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL,
                               baselines_folder, checkpoint_folder, latents_manifest, output_folder,
                               student_metrics_file, teacher_model_dir)
-from dcm.stages.spec import Output, StageSpec
+from dcm.stages.spec import CHECKPOINTS_NOTE, Output, StageSpec
 from dcm.stages.teacher import load_teacher, teacher_content_hash
 from dcm.train.consistency import ConsistencyDistillation
 from dcm.train.distributed import rank_and_world
@@ -68,10 +68,8 @@ def _student_stage(name: str, methods: tuple[str, ...], folder: str, deps: tuple
                    extra: tuple[str, ...] = (), metrics: bool = True, note: str = "") -> StageSpec:
     return StageSpec(
         name=name, command=f"dcm distill {name.removeprefix('distill_')}", flow="dcm.ops.flows.distill",
-        params=stage_params(methods, extra), deps=STUDENT_INPUTS + deps, note=note,
-        outs=(Output(f"${{distill.out_dir}}/{folder}"),
-              Output(f"${{distill.checkpoint_dir}}/{folder if folder == 'baselines' else methods[0]}", persist=True,
-                     note="a killed or time-limited run resumes from its last checkpoint")),
+        params=stage_params(methods, extra), deps=STUDENT_INPUTS + deps, note="; ".join(filter(None, (note, CHECKPOINTS_NOTE))),
+        outs=(Output(f"${{distill.out_dir}}/{folder}"),),
         metrics=(Output(f"${{distill.out_dir}}/{folder}.json", cache=False),) if metrics else ())
 
 
@@ -97,7 +95,6 @@ def finish_baselines(cfg: DCMConfig) -> Path:
     which (so the stage's output exists, and is honest, when the list is empty)."""
     folder = baselines_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint_folder(cfg, BASELINES[0]).parent.mkdir(parents=True, exist_ok=True)  # a persisted DVC output
     for name in BASELINES:
         if name not in cfg.distill.baselines:  # trained under an earlier list: not this configuration's
             shutil.rmtree(folder / name, ignore_errors=True)

@@ -31,6 +31,7 @@ from dcm.eval.vbench_weights import check_weights, stand_in_dimensions
 from dcm.io import remove_orphaned_temporaries, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash
 from dcm.pipeline import DCMPipeline
+from dcm.progress import progress
 from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.stages.paths import (BASELINES_DIR, EVAL_METRICS, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL, output_folder,
@@ -110,8 +111,12 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
               "evaluate": {k: v for k, v in config_to_dict(ev).items()
                            if k not in ("out_dir", "student_steps", "grid_prompts")}}
 
+    bar = progress(1 + len(students) * len(ev.student_steps), "evaluate", "row")
+
     def measured(name: str, model_hash: str, load: Callable[[], object], make: Callable[[], torch.Tensor],
                  reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
+        bar.update()
+        bar.set_postfix_str(name)
         fingerprint = row_fingerprint(**inputs, row=name, model=model_hash)
         cached = load_row(rows_dir, name, fingerprint) if resume else None
         if cached is not None:
@@ -151,6 +156,7 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
             samples[f"{name} {steps}"] = clips
             if on_result:
                 on_result(f"{name}_{steps}", row)
+    bar.close()
     out.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temporaries(rows_dir)  # a row write a kill interrupted
     metrics = {f"{row['model']}_{row['steps']}": {k: v for k, v in row.items() if k not in ("model", "steps")}

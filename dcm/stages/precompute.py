@@ -33,6 +33,7 @@ from dcm.errors import StageError
 from dcm.io import atomic_path, read_json, sha256_file, sha256_json, write_json_atomic
 from dcm.sampling import euler_sample, expand_uncond, seeded_noise
 from dcm.schedule import sampling_sigmas
+from dcm.progress import tracked
 from dcm.stages.paths import EMPTY_PROMPT, MANIFEST, TEACHER_MODEL, shard_manifest
 from dcm.stages.spec import Output, StageSpec, param_values
 from dcm.stages.teacher import load_teacher, teacher_content_hash
@@ -181,7 +182,7 @@ def run_precompute_stage(cfg: DCMConfig, rank: int | None = None, world: int | N
     teacher = load_teacher(cfg, device)
     teacher_hash = teacher_content_hash(cfg)
     jobs = plan(cfg, teacher_hash)
-    for job in jobs[rank::world]:
+    for job in tracked(jobs[rank::world], "precompute", "shard"):
         write_job(job, cfg, teacher, out_dir)
     if rank != 0:
         return None

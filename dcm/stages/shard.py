@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dcm.config import DCMConfig
 from dcm.data.sharding import ShardJob, ShardResult, finalize, plan_shards, write_shard
+from dcm.progress import tracked
 from dcm.stages.checks import check_geometry
 from dcm.stages.spec import Output, StageSpec
 
@@ -34,5 +35,5 @@ def run_shard_stage(cfg: DCMConfig, out_dir: Path | None = None, videos_dir: Pat
     """The whole stage in one process (the flow runs the same three steps with parallel jobs)."""
     out_dir = Path(out_dir or cfg.shard.dir)
     jobs, skips = plan(cfg, videos_dir)
-    results = [write_shard(job, cfg, out_dir, videos_dir) for job in jobs]
+    results = [write_shard(job, cfg, out_dir, videos_dir) for job in tracked(jobs, "shards", "shard")]
     return finalize(cfg, jobs, results, skips, out_dir)

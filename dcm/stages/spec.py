@@ -16,6 +16,9 @@ from typing import Any
 from dcm.config import DCMConfig, config_to_dict
 
 PROFILE_PARAMS = ("profile", "profiles.${profile}")
+# Training checkpoints stay out of DVC: at 14B they would be hundreds of GB hashed, cached and pushed per
+# stage. The training loop resumes from them and sets aside those trained under other settings itself.
+CHECKPOINTS_NOTE = "checkpoints (for resume) are no DVC output: never hashed, cached or pushed"
 
 
 @dataclass(frozen=True)

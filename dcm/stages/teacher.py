@@ -31,7 +31,7 @@ from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
 from dcm.stages.checks import check_geometry
 from dcm.stages.paths import MANIFEST, METRICS, TEACHER_MODEL, shard_manifest, teacher_manifest, teacher_model_dir
-from dcm.stages.spec import Output, StageSpec, param_values
+from dcm.stages.spec import CHECKPOINTS_NOTE, Output, StageSpec, param_values
 from dcm.train.distributed import rank_and_world
 from dcm.train.flow_matching import FlowMatchingPretraining
 from dcm.train.loop import resolve_device, train, training_fingerprint
@@ -47,9 +47,8 @@ LOSS_CURVE, SAMPLE_GRID = "loss.png", "samples.png"
 SPEC = StageSpec(
     name="teacher", command="dcm teacher", flow="dcm.ops.flows.teacher",
     params=TRAINING_PARAMS + REPORTING_PARAMS, deps=("${shard.dir}",),
-    outs=(Output(f"${{teacher.out_dir}}/{TEACHER_MODEL}"), Output(f"${{teacher.out_dir}}/{MANIFEST}"),
-          Output("${teacher.checkpoint_dir}", persist=True,
-                 note="a killed or time-limited run resumes from its last checkpoint")),
+    outs=(Output(f"${{teacher.out_dir}}/{TEACHER_MODEL}"), Output(f"${{teacher.out_dir}}/{MANIFEST}")),
+    note=CHECKPOINTS_NOTE,
     metrics=(Output(f"${{teacher.out_dir}}/{METRICS}", cache=False),))
 
 
@@ -102,7 +101,6 @@ def _record_real_teacher(cfg: DCMConfig, out: Path) -> dict:
     folder = Path(cfg.teacher.path).resolve()
     validate_folder(folder, family.components)
     manifest = {"family": family.name, "path": str(folder), "content_hash": folder_hash(folder)}
-    Path(cfg.teacher.checkpoint_dir).mkdir(parents=True, exist_ok=True)  # a DVC output; nothing trains here
     (out / TEACHER_MODEL).mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / TEACHER_MODEL / "SOURCE.json", manifest)
     write_json_atomic(out / METRICS, {})

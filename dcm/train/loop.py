@@ -25,6 +25,7 @@ from torch import nn
 from dcm.config import TrainConfig
 from dcm.errors import StageError
 from dcm.io import sha256_json
+from dcm.progress import progress
 from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint, supersede
 from dcm.train.distributed import average_gradients, barrier, mean_across, rank_and_world
 from dcm.train.prefetch import Prefetcher, prefetch_kind
@@ -166,6 +167,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
     batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches, prefetch_kind(cfg.prefetch, device.type))
+    bar = progress(cfg.steps, f"training {checkpoint_dir.name}", "step", initial=result.steps)
     try:
         while result.steps < cfg.steps:
             method.module.train()
@@ -195,6 +197,8 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
             result.steps += 1
             done_here += 1
             result.losses.append(loss_value)
+            bar.update()
+            bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
             if on_log and (result.steps % cfg.log_every == 0 or result.steps == cfg.steps):
                 elapsed = time.perf_counter() - window_start
                 on_log(result.steps, {"loss": result.losses[-1], "grad_norm": norm_value,
@@ -208,6 +212,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                 result.stopped_early = True
                 break
     finally:
+        bar.close()
         batches.close()
     result.ema = ema
     return result

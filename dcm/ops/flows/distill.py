@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from dcm.config import DEFAULT_PARAMS, config_to_dict, load_config
+from dcm.eval.report import sample_grid
 from dcm.ops.tracking import stage_run
 from dcm.stages.distill import run_distill_stage, train_config
 from dcm.stages.paths import OUTPUT_NAMES
@@ -34,6 +35,7 @@ def distill_flow(method: str, params: str = str(DEFAULT_PARAMS), overrides: list
         def on_samples(step: int, clips, prompts) -> None:
             log_sample_videos(run, clips, [p["caption"] for p in prompts], fps, crf, f"samples/step-{step:06d}",
                               SAMPLE_VIDEOS)
+            run.log_image(sample_grid({"student": clips}, min(len(clips), SAMPLE_VIDEOS)), "samples", step)
 
         result = run_distill_stage(cfg, method, on_log=on_log, on_samples=on_samples)
         run.log_metrics(result["metrics"])
