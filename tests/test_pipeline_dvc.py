@@ -65,6 +65,9 @@ def flow_run_logs(url: str, flow: str, project) -> list[str]:
 
 
 def test_dvc_repro_runs_once_then_only_when_a_param_changes(project, prefect_api):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["profiles"]["tiny"]["distill.sample_every"] = 2  # samples during training, logged to MLflow
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     first = run_in(project, "dcm", "pipeline")  # dvc repro + promotion under one parent run
     assert first.returncode == 0, first.stdout + first.stderr
     assert "dcm-toy version 1: promoted to champion" in first.stdout
