@@ -37,7 +37,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-# The edit loop: unit and tiny-component tests only (no subprocess pipelines, no servers); ~3 min.
+# The edit loop: unit and tiny-component tests only (no subprocess pipelines, no servers); about a minute.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "fast and not integration"
 
