@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from dcm.progress import progress
+from dcm.progress import tracked
 from dcm.config import DEFAULT_PARAMS, DCMConfig, config_to_dict, load_config
 from dcm.ops.tracking import stage_run
 from dcm.stages.paths import MANIFEST
@@ -59,11 +59,7 @@ def shard_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None = 
         logger.info("%d shard(s) planned from %s input", len(jobs), cfg.data.source)
         futures = write_shard_task.map(jobs, cfg=unmapped(cfg), out_dir=unmapped(out_dir),
                                        videos_dir=unmapped(videos_dir))
-        with progress(len(futures), "shards", "shard") as bar:  # in the order they were planned
-            results = []
-            for future in futures:
-                results.append(future.result())
-                bar.update()
+        results = [future.result() for future in tracked(futures, "shards", "shard")]  # in planned order
         manifest = finalize(cfg, jobs, results, skips, out_dir)
         seconds = time.perf_counter() - start
         written = [r for r in results if not r.reused]
