@@ -4,11 +4,15 @@
     video = pipe("a red circle moving left over black", num_inference_steps=4).frames[0]
 
 One folder holds the whole student:
-    model_index.json      the family's index plus a "dcm" entry (method, segment edges, schedule, routing)
+    dcm_student.json      method, segment edges, schedule, routing: what DCMPipeline needs beyond the weights
+    model_index.json      a stock diffusers index where the family has a two-expert pipeline (Wan: WanPipeline,
+                          dcm/stock_export.py), else the family's index naming DCMPipeline
     transformer/          the semantic expert (or the single expert of LCM/PCM), a plain diffusers model
     detail/               pytorch_lora_weights.safetensors (diffusers/peft LoRA format) + detail_modules.safetensors
                           (copied conditioning/output layers), or detail/transformer/ for two full experts
-    vae/, text_encoder/…  the teacher's other components (copied for the toy teacher, linked for real ones)
+    transformer_2/, scheduler/   Wan: the detail expert merged, and a scheduler placing the steps as DCM does
+    vae/, text_encoder/…  the teacher's other components (hard links where possible, else copies; never symlinks)
+    README.md             the model card (dcm/model_card.py)
 
 Steps are split evenly between the experts and spaced uniformly over each segment's Euler nodes; any
 count works (1, 2, 4, 8, …). No CFG: the guidance was distilled in. With `detail_weights="merged"` the
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +31,11 @@ import torch
 
 from dcm.config import ScheduleConfig
 from dcm.models.dual_expert import DETAIL, Student
-from dcm.models.lora_io import load_modules, save_adapter, save_modules
+from dcm.models.lora_io import load_modules, merged_detail_transformer, save_adapter, save_modules
 from dcm.models.registry import family_class
 from dcm.sampling import seeded_noise
 from dcm.schedule import euler_step, inference_sigmas
-
-INDEX = "model_index.json"
-DETAIL_DIR = "detail"
+from dcm.stock_export import DETAIL_DIR, INDEX, INFO, copy_component, write_stock_pipeline
 
 
 @dataclass
@@ -53,18 +54,14 @@ class DCMPipeline:
         return next(self.student.parameters()).device
 
     # -- saving and loading ------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path, components_from: str | Path) -> None:
+    def save_pretrained(self, folder: str | Path, components_from: str | Path, stock_steps: int = 4) -> None:
         """Write the student into `folder`; the VAE and text components come from the teacher folder
-        `components_from` (copied for the toy family, symlinked for real teachers' multi-GB encoders)."""
+        `components_from`. stock_steps: the step count whose placement a stock pipeline's scheduler reproduces."""
         folder, source = Path(folder), Path(components_from)
         folder.mkdir(parents=True, exist_ok=True)
         index = json.loads((source / INDEX).read_text()) if (source / INDEX).is_file() else {}
         for component in sorted(p for p in source.iterdir() if p.is_dir() and p.name != "transformer"):
-            target = folder / component.name
-            if self.family.name == "toy":
-                shutil.copytree(component, target)
-            else:
-                target.symlink_to(component.resolve(), target_is_directory=True)
+            copy_component(component, folder / component.name, link=self.family.name != "toy")
         semantic = copy.deepcopy(self.student.transformer)
         if getattr(semantic, "_hf_peft_config_loaded", False):
             semantic.unload_lora()  # the semantic expert's own weights, without the detail adapter
@@ -74,7 +71,12 @@ class DCMPipeline:
             save_modules(self.student.detail_modules(), folder / DETAIL_DIR)
         elif self.student.detail_kind == "full":
             self.student.detail_transformer.save_pretrained(folder / DETAIL_DIR / "transformer", safe_serialization=True)
-        index.update({"_class_name": "DCMPipeline", "dcm": self.info})
+        info = {**self.info, "stock_steps": stock_steps} if self.family.stock_pipeline else self.info
+        (folder / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if self.family.stock_pipeline:
+            write_stock_pipeline(folder, self.family, info, stock_steps)
+            return
+        index.update({"_class_name": "DCMPipeline"})
         (folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -85,9 +87,9 @@ class DCMPipeline:
         if not (folder / INDEX).is_file():
             raise FileNotFoundError(f"{folder / INDEX} not found: {folder} is not a DCMPipeline folder "
                                     "(run the distill stages, or pass the folder they wrote)")
-        info = json.loads((folder / INDEX).read_text()).get("dcm")
-        if info is None:
-            raise ValueError(f"{folder / INDEX} has no 'dcm' entry: it is a teacher folder, not a distilled student")
+        if not (folder / INFO).is_file():
+            raise ValueError(f"{folder / INFO} not found: {folder} is a teacher folder, not a distilled student")
+        info = json.loads((folder / INFO).read_text())
         family = family_class(info["family"]).load(folder, info["max_text_tokens"], device, dtype)
         student = Student(family, family.transformer, info["threshold"], info["guidance"])
         kind, detail = info["detail"], folder / DETAIL_DIR
@@ -114,9 +116,11 @@ class DCMPipeline:
     def __call__(self, prompt: str | list[str] | None = None, num_inference_steps: int = 4,
                  generator: torch.Generator | None = None, height: int | None = None, width: int | None = None,
                  num_frames: int | None = None, latents: torch.Tensor | None = None, output_type: str = "np",
-                 prompt_embeds: dict[str, torch.Tensor] | None = None) -> DCMPipelineOutput:
+                 prompt_embeds: dict[str, torch.Tensor] | None = None,
+                 sigmas: list[float] | None = None) -> DCMPipelineOutput:
         """prompt_embeds: the family's encode_prompts output, computed once and reused (then `prompt` is
-        not needed); text encoding is the one cost a few-step sampler cannot amortise."""
+        not needed); text encoding is the one cost a few-step sampler cannot amortise. sigmas: a placement of
+        the steps other than DCM's own (one per step, descending; 0 is appended), as diffusers pipelines take."""
         if prompt is None and prompt_embeds is None:
             raise ValueError("pass a prompt or prompt_embeds")
         prompts = ([prompt] if isinstance(prompt, str) else list(prompt)) if prompt_embeds is None else \
@@ -132,7 +136,12 @@ class DCMPipeline:
         x = latents.to(self.device, torch.float32)
         cond = self.family.encode_prompts(prompts) if prompt_embeds is None else \
             {k: v.to(self.device) for k, v in prompt_embeds.items()}
-        sigmas = inference_sigmas(self.schedule, num_inference_steps, self.edges).to(self.device)
+        if sigmas is None:
+            sigmas = inference_sigmas(self.schedule, num_inference_steps, self.edges).to(self.device)
+        elif len(sigmas) != num_inference_steps:
+            raise ValueError(f"{len(sigmas)} sigmas for num_inference_steps={num_inference_steps}: pass one per step")
+        else:
+            sigmas = torch.tensor([*map(float, sigmas), 0.0], dtype=torch.float32, device=self.device)
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
             velocity = self.student(x, sigma.expand(len(prompts)).float(), cond)
             x = euler_step(x, velocity.float(), sigma, sigma_next)
@@ -172,11 +181,7 @@ def load_detail_adapter(student: Student, folder: Path, detail_modules: tuple[st
         transformer.load_lora_adapter(folder, adapter_name=DETAIL, use_safetensors=True)
         student.to(device)
     elif detail_weights == "merged":
-        merged = copy.deepcopy(transformer)
-        merged.load_lora_adapter(folder, adapter_name=DETAIL, use_safetensors=True)
-        merged.fuse_lora(adapter_names=[DETAIL])
-        merged.unload_lora()
-        merged.load_state_dict(weights, strict=False)
+        merged = merged_detail_transformer(transformer, folder)
         student.detail_kind, student.threshold, student.detail_transformer = "full", threshold, merged.to(device)
     else:
         raise ValueError(f"detail_weights must be 'adapter' or 'merged', got {detail_weights!r}")

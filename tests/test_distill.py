@@ -114,7 +114,7 @@ def test_detail_phases_train_a_phased_detail_expert_with_the_gan(config):
     assert len(result["losses"]) == 4 and all(torch.isfinite(torch.tensor(result["losses"])))
     pipe = DCMPipeline.from_pretrained(result["folder"], torch.device("cpu"))
     assert pipe.edges == [-1, 1, 4]
-    semantic_info = json.loads((Path(cfg.distill.out_dir) / "semantic" / "model_index.json").read_text())["dcm"]
+    semantic_info = json.loads((Path(cfg.distill.out_dir) / "semantic" / "dcm_student.json").read_text())
     assert semantic_info["edges"] == [-1, 4]  # the semantic stage's output does not depend on detail phases
 
 

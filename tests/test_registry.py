@@ -15,7 +15,7 @@ from dcm.stages.evaluate import run_evaluate_stage
 from dcm.errors import StageError
 from dcm.io import read_json
 from dcm.ops.registry import reevaluate_champion
-from dcm.ops.registry import promote, register_challenger, rollback
+from dcm.ops.registry import download_champion, promote, register_challenger, rollback
 from dcm.stages.register import CHAMPION, decide, model_name
 from dcm.ops.tracking import stage_run
 from dcm.stages.distill import run_distill_stage
@@ -90,6 +90,10 @@ def test_worse_challenger_keeps_the_champion_better_one_moves_it_and_rollback_wo
     rollback(cfg, 1)
     assert int(client.get_model_version_by_alias(name, CHAMPION).version) == 1
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
+    # the registered folder carries a model card with the evaluate stage's numbers of this version
+    version, folder = download_champion(cfg, Path(cfg.registry.reevaluation_dir) / "card")
+    card = (folder / "README.md").read_text()
+    assert version == 1 and "## Scores (the evaluate stage" in card and "| dcm_4.judge_overall | 0.6 |" in card
 
 
 def test_reevaluation_flags_a_champion_that_no_longer_meets_its_record(evaluated):

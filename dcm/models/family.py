@@ -62,6 +62,9 @@ class TeacherFamily:
     detail_modules: ClassVar[tuple[str, ...]]  # copied into the detail expert (conditioning + output)
     block_lists: ClassVar[tuple[str, ...]]  # ModuleList attributes whose blocks can be tapped
     components: ClassVar[dict[str, bool]]  # subfolder → holds weights
+    # the stock diffusers pipeline a student folder of this family is written as (dcm/stock_export.py); None:
+    # the folder loads through DCMPipeline only
+    stock_pipeline: ClassVar[str | None] = None
 
     def __init__(self, transformer: nn.Module, vae, text_parts: dict, max_text_tokens: int):
         self.transformer, self.vae, self.text_parts = transformer, vae, text_parts
@@ -83,6 +86,10 @@ class TeacherFamily:
     def tiling(cls, folder: Path):
         """The clip sizes the folder's VAE and transformer take (dcm.models.tiling.Tiling), from configs alone."""
         raise NotImplementedError
+
+    def stock_components(self) -> dict[str, object]:
+        """The stock pipeline's components besides transformers and scheduler, by their index names."""
+        raise NotImplementedError(f"{self.name}: no stock pipeline export")
 
     # -- shapes --------------------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ and `WanPipeline.load_lora_weights(folder)` accepts the same file.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dcm.io import write_bytes_atomic
+from dcm.models.dual_expert import DETAIL
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -67,3 +69,15 @@ def load_modules(folder: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the folder holds no detail expert layers")
     return load_file(path)
+
+
+def merged_detail_transformer(transformer, folder: Path):
+    """A second plain transformer holding the detail expert: a copy of `transformer` (the semantic expert) with
+    the LoRA in `folder` fused into its weights and the copied layers loaded over its own. A detail step then
+    costs what a semantic step costs, and stock pipelines load it as `transformer_2`."""
+    merged = copy.deepcopy(transformer)
+    merged.load_lora_adapter(folder, adapter_name=DETAIL, use_safetensors=True)
+    merged.fuse_lora(adapter_names=[DETAIL])
+    merged.unload_lora()
+    merged.load_state_dict(load_modules(folder), strict=False)
+    return merged

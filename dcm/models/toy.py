@@ -32,6 +32,7 @@ class ToyFamily(WanFamily):
 
     name = "toy"
     components = {"transformer": True, "vae": False, "text_encoder": False}
+    stock_pipeline = None  # a word-hash text encoder and a pixel VAE: no stock WanPipeline loads them
 
     @classmethod
     def build(cls, cfg: DCMConfig, generator_seed: int) -> ToyFamily:

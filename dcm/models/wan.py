@@ -19,6 +19,7 @@ class WanFamily(TeacherFamily):
     detail_modules = ("condition_embedder", "norm_out", "proj_out", "scale_shift_table")
     block_lists = ("blocks",)
     components = {"transformer": True, "vae": True, "text_encoder": True, "tokenizer": False}
+    stock_pipeline = "WanPipeline"
 
     @classmethod
     def _load(cls, folder: Path, device: torch.device, dtype: torch.dtype, max_text_tokens: int) -> WanFamily:
@@ -34,6 +35,9 @@ class WanFamily(TeacherFamily):
         vae, transformer = read_config(folder, "vae"), read_config(folder, "transformer")
         downsample = vae.get("temperal_downsample", [False, True, True])
         return Tiling(2 ** sum(downsample), 2 ** len(downsample), tuple(transformer.get("patch_size", (1, 2, 2))), True)
+
+    def stock_components(self) -> dict[str, object]:
+        return {"vae": self.vae, "text_encoder": self.text_parts["encoder"], "tokenizer": self.text_parts["tokenizer"]}
 
     @property
     def patch_size(self) -> tuple[int, int, int]:

@@ -10,6 +10,7 @@ The gate itself is dcm.stages.register.decide.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,10 +23,12 @@ from mlflow.exceptions import MlflowException
 
 from dcm.config import DCMConfig
 from dcm.errors import StageError
+from dcm.model_card import CARD, write_model_card
 from dcm.ops.serving.pyfunc import PIPELINE_ARTIFACT
 from dcm.ops.tracking import tracking_uri
 from dcm.stages.reevaluate import check_reevaluation, run_reevaluate_stage
 from dcm.stages.register import CHALLENGER, CHAMPION, decide, flatten_metrics, model_name
+from dcm.stock_export import INFO, copy_component, stock_placement
 
 METRIC_TAG = "metric."
 REEVALUATION_TAG = "dcm.reevaluation."
@@ -77,16 +80,18 @@ def requirements() -> list[str]:
 
 
 @contextmanager
-def self_contained(folder: Path) -> Iterator[Path]:
-    """The folder, or a copy with its links resolved: a real teacher's student links the teacher's encoders
-    (dcm/pipeline.py), and a registered version must hold everything it loads (MLflow also refuses
-    artifacts that resolve outside the folder)."""
-    if not any(path.is_symlink() for path in folder.rglob("*")):
-        yield folder
-        return
+def registered_folder(folder: Path, metrics: dict) -> Iterator[Path]:
+    """The student folder as the registry stores it: a copy (hard links where the filesystem allows, so a large
+    student costs no second copy on disk) with any symlinks resolved, since a version must hold everything it
+    loads, and its model card rewritten with the evaluate stage's numbers of this student."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / folder.name
-        shutil.copytree(folder, copy, symlinks=False)
+        copy_component(folder, copy, link=True)
+        (copy / CARD).unlink(missing_ok=True)  # a linked card must not be rewritten in place
+        info = json.loads((copy / INFO).read_text())
+        own = {k: v for k, v in flatten_metrics(metrics).items() if k.startswith(f"{info['method']}_")}
+        write_model_card(copy, info, own, "the evaluate stage, teacher vs students on the same prompts and noise",
+                         stock_placement(copy))
         yield copy
 
 
@@ -95,7 +100,7 @@ def register_challenger(cfg: DCMConfig, folder: Path, metrics: dict, lineage: di
     version of dcm-<family>, tag it with metrics and lineage, and point `challenger` at it."""
     client = registry_client(cfg)
     name = model_name(cfg)
-    with self_contained(folder) as logged:
+    with registered_folder(folder, metrics) as logged:
         info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={"pipeline": str(logged)},
                                        code_paths=[str(PACKAGE)], signature=signature(),
                                        pip_requirements=requirements(), model_config=cfg.serving.model_dump(mode="json"))

@@ -27,6 +27,7 @@ from dcm.eval.prompts import has_ground_truth, heldout_prompts
 from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.models.dual_expert import Student
 from dcm.models.family import folder_hash
+from dcm.model_card import write_model_card
 from dcm.pipeline import DCMPipeline
 from dcm.schedule import expert_threshold, method_edges, segment_edges
 from dcm.stages.paths import (BASELINES, BASELINES_INDEX, EMPTY_PROMPT, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL,
@@ -34,6 +35,7 @@ from dcm.stages.paths import (BASELINES, BASELINES_INDEX, EMPTY_PROMPT, MANIFEST
                               student_metrics_file, teacher_model_dir)
 from dcm.stages.spec import CHECKPOINTS_NOTE, Output, StageSpec
 from dcm.stages.teacher import load_teacher, teacher_content_hash
+from dcm.stock_export import stock_placement
 from dcm.train.consistency import ConsistencyDistillation
 from dcm.train.distributed import rank_and_world
 from dcm.train.loop import resolve_device, train, training_fingerprint
@@ -239,7 +241,7 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
     tmp = out.with_name(f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     DCMPipeline(teacher, final, pipeline_info(cfg, method, teacher, final, result.steps)).save_pretrained(
-        tmp, teacher_model_dir(cfg))
+        tmp, teacher_model_dir(cfg), stock_steps=distill.sample_steps)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     reloaded = DCMPipeline.from_pretrained(out, device)  # judge what users will load
@@ -247,6 +249,8 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
         scores, clips, prompts = sample_and_judge(cfg, reloaded, distill.sample_steps)
     tail = result.losses[-train_cfg.log_every:]
     metrics = {"final_loss": float(np.mean(tail)), **{f"judge_{k}": v for k, v in scores.items()}}
+    write_model_card(out, reloaded.info, {f"{k}_{distill.sample_steps}_steps": v for k, v in metrics.items()},
+                     f"the distill stage, {len(prompts)} held-out prompts", stock_placement(out))
     write_json_atomic(student_metrics_file(cfg, name), {"method": name, "steps": result.steps,
                                                      "sample_steps": distill.sample_steps, **metrics})
     return {"folder": str(out), "metrics": metrics, "clips": clips, "prompts": prompts, "losses": result.losses,
