@@ -382,6 +382,11 @@ class TrackingConfig(Strict):
     experiment: str
 
 
+class PipelineConfig(Strict):
+    retries: int = Field(ge=0)  # each stage's task in the pipeline flow: re-runs after a crash (resuming its checkpoints)
+    retry_delay_s: float = Field(ge=0)
+
+
 class DCMConfig(Strict):
     profile: str  # a name from `profiles`, applied on top of this file ("default": nothing)
     profiles: dict[str, dict[str, Any]]  # name → {"dotted.key": value}; same keys as -S overrides
@@ -397,6 +402,7 @@ class DCMConfig(Strict):
     registry: RegistryConfig
     serving: ServingConfig
     tracking: TrackingConfig
+    pipeline: PipelineConfig
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DCMConfig:

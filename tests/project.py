@@ -18,7 +18,7 @@ from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
 BIN = Path(sys.executable).parent
 STAGES = ("shard", "teacher", "precompute", "distill_semantic", "distill_detail", "evaluate", "register")
 SMALL = ["data.shapes.train_samples=40", "data.shapes.val_samples=8", "shard.samples_per_shard=16",
-         "registry.min_speedup=0.0", "evaluate.latency_repeats=1"]  # tiny models on a shared CPU: latency is noise (the gate has its own tests)
+         "registry.min_speedup=0.0", "evaluate.latency_repeats=1", "pipeline.retry_delay_s=0"]  # tiny models on a shared CPU: latency is noise (the gate has its own tests)
 SKIPPED = ("data/", "results/", "research/")
 GIT = ["git", "-c", "user.name=dcm-test", "-c", "user.email=dcm-test@example.invalid"]
 

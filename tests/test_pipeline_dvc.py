@@ -55,10 +55,22 @@ def prefect_post(url: str, path: str, body: dict) -> list[dict]:
         return json.loads(response.read())
 
 
+def flow_runs(url: str, flow: str, project) -> list[dict]:
+    """The project's runs of `flow` on the Prefect server, oldest first."""
+    runs = prefect_post(url, "/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}, "sort": "START_TIME_ASC"})
+    return [run for run in runs if str(project) in json.dumps(run["parameters"])]
+
+
+def stage_tasks(url: str, pipeline_run: dict) -> list[tuple[str, str, int]]:
+    """(stage, state, run count) of each task of a pipeline flow run, in the order they started."""
+    tasks = prefect_post(url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [pipeline_run["id"]]}},
+                                                    "sort": "EXPECTED_START_TIME_ASC"})
+    return [(t["name"], t["state_type"], t["run_count"]) for t in tasks]
+
+
 def flow_run_logs(url: str, flow: str, project) -> list[str]:
     """The log lines of the project's runs of `flow`, read back through the Prefect API."""
-    runs = prefect_post(url, "/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}})
-    ours = [run["id"] for run in runs if str(project) in json.dumps(run["parameters"])]
+    ours = [run["id"] for run in flow_runs(url, flow, project)]
     assert ours, f"no {flow} flow run of {project} on the server"
     logs = prefect_post(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": ours}}, "limit": 200})
     return [entry["message"] for entry in logs]
@@ -85,6 +97,12 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project, prefect_api
     # The flows' step lines reach the flow-run logs (Prefect's UI), not only the MLflow run.
     assert any(line.startswith("step 4: loss=") for line in flow_run_logs(prefect_api, "teacher", project))
     assert any("shard(s) planned" in line for line in flow_run_logs(prefect_api, "shard", project))
+    # The pipeline flow run: one task per DVC stage in dvc.yaml's order, each stage's flow run tagged with it.
+    [pipeline] = flow_runs(prefect_api, "pipeline", project)
+    *stages, promotion = stage_tasks(prefect_api, pipeline)
+    assert stages == [(stage, "COMPLETED", 1) for stage in (*STAGES[:5], "distill_baselines", *STAGES[5:])]
+    assert promotion[0].startswith("promote") and promotion[1] == "COMPLETED"  # the promote subflow, last
+    assert all(f"pipeline-run:{pipeline['id']}" in run["tags"] for run in flow_runs(prefect_api, "teacher", project))
     # Samples at every distill.sample_every step, as images MLflow's UI shows with a step slider.
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs_of = client.get_experiment_by_name("dcm").experiment_id  # the MLflow experiment every stage logs to
@@ -176,6 +194,18 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project, prefect_api
     rerun = dvc(clone, "repro")
     assert rerun.returncode == 0 and "up to date" in rerun.stdout, rerun.stdout + rerun.stderr
     assert not (clone / "mlflow.db").exists()  # no stage ran, so none logged a run
+
+    # A stage that crashes (here: an optimizer setting torch refuses, found only when the detail stage builds its
+    # discriminator's optimizer) is retried once, then fails the pipeline run, which names it; the stages before
+    # it stay completed (DVC found them up to date).
+    params["distill"]["discriminator"]["betas"] = [0.0, 1.5]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = run_in(project, "dcm", "pipeline")
+    assert failed.returncode != 0 and "stage distill_detail failed" in failed.stderr, failed.stdout + failed.stderr
+    last = flow_runs(prefect_api, "pipeline", project)[-1]
+    assert last["state_type"] == "FAILED" and "distill_detail" in last["state"]["message"], last["state"]
+    assert stage_tasks(prefect_api, last) == [(stage, "COMPLETED", 1) for stage in STAGES[:4]] + [
+        ("distill_detail", "FAILED", 2)]
 
 
 def test_unknown_param_key_fails_with_one_line_naming_it(project):

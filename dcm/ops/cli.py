@@ -16,7 +16,7 @@ import yaml
 
 from dcm.config import DEFAULT_PARAMS, ConfigError, config_to_dict, load_config
 from dcm.errors import StageError
-from dcm.ops.env import apply_runtime_defaults
+from dcm.ops.env import PIPELINE_RUN_ENV, PIPELINE_RUN_TAG, apply_runtime_defaults
 from dcm.ops.services import check_reachable
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         args.params = str(Path(args.params).resolve())
     try:
         check_prefect_api(args)
+        if os.environ.get(PIPELINE_RUN_ENV):  # started by the pipeline flow's task for this stage: link the runs
+            from prefect import tags
+            with tags(PIPELINE_RUN_TAG + os.environ[PIPELINE_RUN_ENV]):
+                return args.func(args)
         return args.func(args)
     except ConfigError as error:
         print(f"dcm: config error: {error}", file=sys.stderr)

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Set by the pipeline flow for the stage commands DVC starts: their flow runs carry PIPELINE_RUN_TAG + its value.
+PIPELINE_RUN_ENV = "DCM_PIPELINE_FLOW_RUN_ID"
+PIPELINE_RUN_TAG = "pipeline-run:"
+
 
 def runtime_defaults(root: Path) -> dict[str, str]:
     return {
