@@ -31,6 +31,8 @@ def pytest_collection_modifyitems(items):
     untiered = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
     if untiered:
         raise pytest.UsageError(f"tests without a tier marker ({' or '.join(TIERS)}): {untiered[:10]}")
+    # Long files first: with `-n 2 --dist loadfile` a long integration file started last would run alone at the end.
+    items.sort(key=lambda item: 0 if item.get_closest_marker("integration") else 1)
 
 
 @pytest.fixture

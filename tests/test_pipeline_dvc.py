@@ -97,6 +97,14 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project, prefect_api
     # The flows' step lines reach the flow-run logs (Prefect's UI), not only the MLflow run.
     assert any(line.startswith("step 4: loss=") for line in flow_run_logs(prefect_api, "teacher", project))
     assert any("shard(s) planned" in line for line in flow_run_logs(prefect_api, "shard", project))
+    # DVC's quality plot: one series per model (colour) over the step count, from the gate's primary metric.
+    shown = dvc(project, "plots", "show", "--json", "data/eval/quality.csv")
+    assert shown.returncode == 0, shown.stderr
+    [plot] = [p for key, plots in json.loads(shown.stdout)["data"].items() if key.endswith("quality.csv") for p in plots]
+    spec = plot["content"]
+    assert spec["encoding"]["color"]["field"] == "model" and spec["encoding"]["x"]["field"] == "steps"
+    series = {(v["model"], v["steps"]): float(v["quality"]) for v in spec["data"]["values"]}
+    assert series[("dcm", "4")] == evaluation["dcm_4"]["judge_overall"] and {m for m, _ in series} == {"teacher", "dcm"}
     # The pipeline flow run: one task per DVC stage in dvc.yaml's order, each stage's flow run tagged with it.
     [pipeline] = flow_runs(prefect_api, "pipeline", project)
     *stages, promotion = stage_tasks(prefect_api, pipeline)

@@ -13,6 +13,7 @@ from dcm.io import atomic_path
 COLUMNS = ("judge_overall", "judge_colour", "judge_shape", "judge_motion", "psnr_vs_teacher", "ssim_vs_teacher",
            "mmd_vs_real", "saturation_mean", "oversaturated_fraction", "temporal_flicker", "latency_s", "speedup")
 REPORT_FILE, TABLE_FILE, GRID_FILE = "report.md", "quality.csv", "samples.png"
+QUALITY = "quality"  # quality.csv's plotted column: the active gate's primary metric (the judge for shapes)
 CHARTS = (("judge_overall", "judge overall (higher is better)"),
           ("psnr_vs_teacher", "PSNR vs teacher, dB (higher is closer)"),
           ("speedup", "speedup vs the teacher"))  # each drawn to <metric>.png (a note where no row has it)
@@ -39,12 +40,14 @@ def markdown(rows: list[dict], device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(rows: list[dict], path: Path) -> None:
-    fields = ["model", "steps", *columns(rows)]
+def write_table(rows: list[dict], path: Path, quality: str) -> None:
+    """One line per model and step count; `quality` (a metric name) is copied into the QUALITY column, the one
+    DVC plots as a series per model whatever the data source."""
+    fields = ["model", "steps", QUALITY, *columns(rows)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, QUALITY: row.get(quality, "")} for row in rows)
 
 
 def write_charts(rows: list[dict], out: Path) -> list[Path]:
@@ -113,14 +116,14 @@ def write_loss_curve(losses: list[float], path: Path, title: str) -> None:
 
 
 def write_report(rows: list[dict], samples: dict[str, np.ndarray], captions: list[str], out: Path,
-                 device: str, notes: list[str] = ()) -> dict[str, Path]:
+                 device: str, quality: str, notes: list[str] = ()) -> dict[str, Path]:
     files = {"report": out / REPORT_FILE, "table": out / TABLE_FILE, "grid": out / GRID_FILE}
     order = "; ".join(samples)
     text = markdown(rows, device) + (f"\n`{GRID_FILE}`: for each of the prompts {captions}, one row per model "
                                      f"({order}), {GRID_FRAMES} frames each.\n") + "".join(f"\n{note}\n" for note in notes)
     with atomic_path(files["report"]) as tmp:
         Path(tmp).write_text(text)
-    write_table(rows, files["table"])
+    write_table(rows, files["table"], quality)
     write_grid(samples, len(captions), files["grid"])
     for path in write_charts(rows, out):
         files[path.stem] = path

@@ -23,7 +23,7 @@ from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError
 from dcm.eval.fidelity import psnr, ssim
 from dcm.eval.prompts import evaluation_prompts, real_clips
-from dcm.eval.report import CHARTS, GRID_FILE, REPORT_FILE, TABLE_FILE, write_report
+from dcm.eval.report import CHARTS, GRID_FILE, QUALITY, REPORT_FILE, TABLE_FILE, write_report
 from dcm.eval.scores import clip_scores
 from dcm.eval.row_cache import ROWS_DIR, load_row, row_fingerprint, save_row
 from dcm.eval.vbench_scores import vbench_scores
@@ -44,7 +44,7 @@ METRICS, TABLE, VBENCH_DIR = EVAL_METRICS, TABLE_FILE, "vbench"
 SPEC = StageSpec(
     name="evaluate", command="dcm evaluate", flow="dcm.ops.flows.evaluate",
     params=("seed", "data", "schedule", "judge", "distill.baselines", "teacher.sampling", "teacher.negative_prompt",
-            "teacher.max_text_tokens", "evaluate"),
+            "teacher.max_text_tokens", "evaluate", "registry.gates"),
     deps=("${evaluate.prompt_file}", f"${{shard.dir}}/{MANIFEST}", f"${{teacher.out_dir}}/{TEACHER_MODEL}", f"${{teacher.out_dir}}/{MANIFEST}",
           f"${{distill.out_dir}}/{OUTPUT_NAMES['detail']}", f"${{distill.out_dir}}/{BASELINES_DIR}"),
     outs=(Output(f"${{evaluate.out_dir}}/{GRID_FILE}", cache=False),
@@ -53,7 +53,8 @@ SPEC = StageSpec(
           Output(f"${{evaluate.out_dir}}/{ROWS_DIR}", persist=True,
                  note="finished rows survive a kill; reused only when inputs, code and device match")),
     metrics=(Output(f"${{evaluate.out_dir}}/{METRICS}", cache=False),),
-    plots=(Output(f"${{evaluate.out_dir}}/{TABLE}", cache=False, plot={"x": "steps", "y": "judge_overall"}),
+    plots=(Output(f"${{evaluate.out_dir}}/{TABLE}", cache=False, plot={"x": "steps", "y": QUALITY, "template": "by_model",  # .dvc/plots/by_model.json: a series per model
+                                                                    "y_label": "the active gate's primary metric"}),
            *(Output(f"${{evaluate.out_dir}}/{metric}.png", cache=False) for metric, _ in CHARTS)),
     note="the prompt file is tracked always (read only with prompt_source: file), so edits re-run evaluate")
 
@@ -168,5 +169,6 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
     metrics["vbench"] = {"dimensions": list(ev.vbench.dimensions), "meaningless_stand_in_weights": stand_ins}
     write_json_atomic(out / METRICS, metrics)
     notes = [f"**vbench_{d} is meaningless here**: computed from random stand-in weights." for d in stand_ins]
-    files = write_report(rows, samples, captions[: ev.grid_prompts], out, metrics["device"], notes)
+    primary = getattr(cfg.registry.gates, cfg.data.source).primary.metric.split(".", 1)[1]
+    files = write_report(rows, samples, captions[: ev.grid_prompts], out, metrics["device"], primary, notes)
     return {"metrics": metrics, "rows": rows, "files": files, "prompts": prompts}
