@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 # Every pip call, including those pip makes for build dependencies, honours the pins.
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: run test test-fast install clean server deploy worker
+.PHONY: run test test-fast install clean server deploy worker demo browser
 
 # Scheduled runs (README): a Prefect server on loopback, the deployments of prefect.yaml, a worker.
 PREFECT_PORT ?= 4200
@@ -34,12 +34,22 @@ run: $(STAMP)
 # spend most of their time in single-threaded subprocesses, so two cores run two files at once.
 TEST_WORKERS ?= 2
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The demo page's test drives Debian's chromium through chromedriver (apt packages: root, as on CI).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		{ echo "make test: the demo page's test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver, as root)" >&2; exit 1; }
 
 # The edit loop: unit and tiny-component tests only (no subprocess pipelines, no servers); about a minute.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "fast and not integration"
+
+# The registered students beside the teacher in a browser (after make run): http://127.0.0.1:7860 (params.yaml demo)
+demo: $(STAMP)
+	dcm demo
 
 server: $(STAMP)
 	$(PREFECT_ENV) prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)

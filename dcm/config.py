@@ -199,6 +199,8 @@ class ToyTextConfig(Strict):
 
 
 class ToyTeacherConfig(Strict):
+    init: Literal["pretrained", "scratch"]  # pretrained: install the packed teacher in `pretrained`; scratch: train one
+    pretrained: str = Field(min_length=1)  # a packed teacher folder (weights/README.md); a DVC dependency either way
     model: ToyModelConfig
     text: ToyTextConfig
     caption_dropout: float = Field(ge=0, lt=1)  # so that the teacher learns the unconditional velocity for CFG
@@ -382,6 +384,11 @@ class TrackingConfig(Strict):
     experiment: str
 
 
+class DemoConfig(Strict):
+    host: str = Field(min_length=1)  # 127.0.0.1: this machine only; 0.0.0.0 to share it on the network
+    port: int = Field(ge=1, le=65535)
+
+
 class PipelineConfig(Strict):
     retries: int = Field(ge=0)  # each stage's task in the pipeline flow: re-runs after a crash (resuming its checkpoints)
     retry_delay_s: float = Field(ge=0)
@@ -403,6 +410,7 @@ class DCMConfig(Strict):
     serving: ServingConfig
     tracking: TrackingConfig
     pipeline: PipelineConfig
+    demo: DemoConfig
 
     @model_validator(mode="after")
     def _cross_checks(self) -> DCMConfig:

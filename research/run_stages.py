@@ -22,12 +22,10 @@ continues it. Without it, a stopped teacher is finished at the step reached (ben
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from functools import partial
 from multiprocessing import get_context
@@ -39,11 +37,11 @@ from PIL import Image
 from dcm.config import load_config
 from dcm.data.sharding import finalize, plan_shards, write_shard
 from dcm.errors import StoppedEarly
+from dcm.models.packed import pack, unpack_verified
 from dcm.train.distributed import init_from_env, rank_and_world
 from dcm.stages.teacher import run_teacher_stage
 
 REPO = Path(__file__).resolve().parents[1]
-PART_BYTES = 15 * 2**20
 STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "single", "evaluate")
 STOPPED, STOPPED_FILE = 3, "teacher_stopped.txt"  # a --resumable teacher that its time limit stopped
 
@@ -104,16 +102,11 @@ def main() -> None:
 
 
 def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
-    """The teacher folder from tar parts, plus the manifest the teacher stage would have written."""
+    """The teacher folder from tar parts (hash checked against its record), plus the manifest the teacher stage
+    would have written."""
     from dcm.io import write_json_atomic
-    from dcm.models.family import folder_hash
-    data = b"".join(p.read_bytes() for p in sorted(parts.glob("teacher_model.tar.part*"),
-                                                    key=lambda p: int(p.name.rsplit("part", 1)[1])))
-    teacher_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(teacher_dir, filter="data")
-    write_json_atomic(teacher_dir / "manifest.json",
-                      {"family": "toy", "path": "model", "content_hash": folder_hash(teacher_dir / "model")})
+    record = unpack_verified(parts, teacher_dir / "model")
+    write_json_atomic(teacher_dir / "manifest.json", {"family": "toy", "path": "model", "content_hash": record["content_hash"]})
 
 
 def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
@@ -179,13 +172,7 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
     print(json.dumps({k: v for k, v in report.items() if k not in ("sampling", "curve")}, default=str), flush=True)
     if args.no_model:
         return
-    archive = work / "teacher_model.tar"
-    with tarfile.open(archive, "w") as tar:
-        tar.add(work / "teacher" / "model", arcname="model")
-    data = archive.read_bytes()
-    for number, begin in enumerate(range(0, len(data), PART_BYTES)):
-        (out / f"teacher_model.tar.part{number}").write_bytes(data[begin:begin + PART_BYTES])
-
+    pack(work / "teacher" / "model", out, work / "teacher_model.tar")
 
 if __name__ == "__main__":
     main()

@@ -51,7 +51,7 @@ def make_config(tmp_path):
 
 
 # A teacher small enough to train and sample in seconds on CPU: 4 frames of 16×16, one block.
-TINY_TEACHER = ["data.frames=4", "data.height=16", "data.width=16", "teacher.toy.model.num_layers=1",
+TINY_TEACHER = ["data.frames=4", "data.height=16", "data.width=16", "teacher.toy.init=scratch", "teacher.toy.model.num_layers=1",
                 "teacher.toy.model.num_attention_heads=2", "teacher.toy.model.attention_head_dim=8",
                 "teacher.toy.model.ffn_dim=16", "teacher.toy.model.freq_dim=16", "teacher.toy.text.dim=16",
                 "teacher.toy.train.steps=4", "teacher.toy.train.batch_size=4", "teacher.toy.train.warmup_steps=2",
@@ -94,13 +94,17 @@ def prepared(tmp_path_factory):
 
 
 @pytest.fixture
-def config(prepared, tmp_path):
+def config_overrides(prepared, tmp_path) -> list[str]:
+    """What `config` builds from, for a test that hands the same configuration to a `dcm` command (-S each)."""
+    return [*prepared, f"distill.out_dir={tmp_path / 'students'}", f"distill.checkpoint_dir={tmp_path / 'ckpt'}",
+            f"evaluate.out_dir={tmp_path / 'eval'}", f"registry.reevaluation_dir={tmp_path / 'reevaluation'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+
+
+@pytest.fixture
+def config(config_overrides):
     def build(*extra: str):
-        return load_config(REPO / "params.yaml", [*prepared, f"distill.out_dir={tmp_path / 'students'}",
-                                                  f"distill.checkpoint_dir={tmp_path / 'ckpt'}",
-                                                  f"evaluate.out_dir={tmp_path / 'eval'}",
-                                                  f"registry.reevaluation_dir={tmp_path / 'reevaluation'}",
-                                                  f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra])
+        return load_config(REPO / "params.yaml", [*config_overrides, *extra])
     return build
 
 

@@ -32,7 +32,7 @@ def test_unknown_key_is_one_line_naming_its_path(tmp_path):
 
 
 def test_wrong_type_names_the_key(tmp_path):
-    path = write_params(tmp_path, lambda t: t.replace("  frames: 8", "  frames: eight", 1))
+    path = write_params(tmp_path, lambda t: t.replace("  frames: 16", "  frames: eight", 1))
     with pytest.raises(ConfigError, match=r"data\.frames"):
         load_config(path)
 

@@ -20,6 +20,7 @@ from dcm.stages.register import CHAMPION, decide, model_name
 from dcm.ops.tracking import stage_run
 from dcm.stages.distill import run_distill_stage
 from tests.conftest import REPO
+from tests.registered import evaluated, register  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -56,22 +57,6 @@ def test_real_footage_is_gated_on_fidelity_to_the_teacher_with_flicker_and_satur
     assert not decide(GATE, "shapes", footage(0.75), footage(0.70)).promote  # the shapes gate wants a judge score
     custom = load_config(REPO / "params.yaml", ["registry.gates.videos.primary.metric=dcm_4.psnr_vs_teacher"]).registry
     assert "primary dcm_4.psnr_vs_teacher" in decide(custom, "videos", footage(0.7), footage(0.7)).reasons[0]
-
-
-@pytest.fixture
-def evaluated(config):
-    cfg = config("evaluate.prompts=2", "evaluate.latency_repeats=1", "evaluate.student_steps=[4]")
-    run_distill_stage(cfg, "semantic")
-    run_distill_stage(cfg, "detail")
-    run_evaluate_stage(cfg)
-    return cfg
-
-
-def register(cfg, judge: float) -> int:
-    with stage_run(cfg.tracking, "register", {}):
-        return register_challenger(cfg, Path(cfg.distill.out_dir) / "dcm", {"dcm_4": {
-            "judge_overall": judge, "ssim_vs_teacher": 0.5, "oversaturated_fraction": 0.1, "speedup": 10.0}},
-            {"git_commit": "test"})["version"]
 
 
 def test_worse_challenger_keeps_the_champion_better_one_moves_it_and_rollback_works(evaluated):

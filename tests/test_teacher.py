@@ -1,12 +1,14 @@
 """Teacher stage on a tiny toy: exact resume, diffusers-layout output, judge metrics, `dcm generate`."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import av
 import pytest
 
+from dcm.config import ConfigError
 from dcm.stages.shard import run_shard_stage
 from dcm.errors import StageError
 from dcm.models.toy import ToyFamily
@@ -65,3 +67,35 @@ def test_generate_writes_a_playable_mp4(tmp_path, tiny):
     with av.open(str(out)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 4 and frames[0].shape == (16, 16, 3)
+
+
+SHIPPED = REPO / "weights" / "toy-teacher-gpu"
+
+
+def test_the_shipped_teacher_is_installed_checked_and_scored(make_config):
+    """The default's teacher: unpacked from weights/, its hash checked against its record, then scored on the
+    held-out prompts (two prompts, two sampler steps: the wiring, not the quality, which its record states)."""
+    cfg = make_config("teacher.sampling.eval_prompts=2", "teacher.sampling.steps=2", "teacher.sampling.batch_size=2")
+    run_shard_stage(cfg)
+    result = run_teacher_stage(cfg)
+    record = json.loads((SHIPPED / "teacher_metrics.json").read_text())
+    manifest = result["manifest"]
+    assert manifest["content_hash"] == record["content_hash"] and manifest["steps"] == 10000
+    assert result["metrics"]["pretrained_judge_overall"] == record["metrics"]["judge_overall"] > 0.9
+    assert 0 <= result["metrics"]["judge_overall"] <= 1 and manifest["eval_prompts"] == 2
+    assert ToyFamily.load(f"{cfg.teacher.out_dir}/model", 16).transformer.config.num_layers == 8
+
+
+def test_a_shipped_teacher_of_another_architecture_or_damaged_is_refused(tmp_path, make_config):
+    cfg = make_config("teacher.toy.model.num_layers=4", "teacher.toy.text.dim=32")
+    with pytest.raises(ConfigError, match=r"teacher.toy.model.num_layers: 4 here, 8 in the folder; "
+                                          r"teacher.toy.text.dim: 32 here, 64 in the folder.*teacher.toy.init: scratch"):
+        run_teacher_stage(cfg)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(SHIPPED, damaged)
+    part = damaged / "teacher_model.tar.part2"
+    data = bytearray(part.read_bytes())
+    data[-20000] ^= 0xFF  # inside the weights, so the tar still reads
+    part.write_bytes(bytes(data))
+    with pytest.raises(StageError, match="the parts were changed or damaged"):
+        run_teacher_stage(make_config(f"teacher.toy.pretrained={damaged}"))

@@ -142,6 +142,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from dcm.ops.demo import serve
+    cfg = load_config(args.params, args.overrides)
+    serve(cfg, cfg.demo.host, cfg.demo.port)
+    return 0
+
+
 def cmd_status(args) -> int:
     from dcm.ops.status import describe
     print(describe(load_config(args.params, args.overrides)))
@@ -234,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     dvc_yaml.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
     dvc_yaml.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file; its folder is the project")
     dvc_yaml.set_defaults(func=cmd_dvc_yaml, overrides=[])
+
+    demo = commands.add_parser("demo", help="a local page: a registered student beside the teacher (demo.host:demo.port)")
+    _add_config_args(demo)
+    demo.set_defaults(func=cmd_demo)
 
     status = commands.add_parser("status", help="where the outputs and MLflow runs of each stage are")
     _add_config_args(status)

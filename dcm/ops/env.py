@@ -30,6 +30,7 @@ def runtime_defaults(root: Path) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "VBENCH_CACHE_DIR": str(root / ".cache" / "vbench"),
         "GIT_PYTHON_REFRESH": "quiet",
+        "GRADIO_ANALYTICS_ENABLED": "False",  # dcm demo: nothing leaves the machine
     }
 
 

@@ -155,17 +155,40 @@ def rollback(cfg: DCMConfig, version: int) -> dict:
     return {"name": name, "champion": version, "previous": int(previous.version) if previous else None}
 
 
-def download_champion(cfg: DCMConfig, dest: Path) -> tuple[int, Path]:
-    """The champion's DCMPipeline folder, fetched from the registry into `dest` (replaced)."""
+def download_version(cfg: DCMConfig, dest: Path, version: int | None = None) -> tuple[int, Path]:
+    """A registered version's pipeline folder (default: the champion's), fetched from the registry into `dest`
+    (replaced)."""
     client, name = registry_client(cfg), model_name(cfg)
-    champion = version_at(client, name, CHAMPION)
-    if champion is None:
-        raise StageError(f"{name} has no '{CHAMPION}' version to re-evaluate: run the pipeline first (make run)")
+    if version is None:
+        champion = version_at(client, name, CHAMPION)
+        if champion is None:
+            raise StageError(f"{name} has no '{CHAMPION}' version: run the pipeline first (make run)")
+        version = int(champion.version)
     if dest.exists():
         shutil.rmtree(dest)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{CHAMPION}", dst_path=str(dest)))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest)))
+    except MlflowException as error:
+        raise StageError(f"{name} version {version} cannot be fetched ({error.message}); `mlflow ui` lists the "
+                         "registered versions") from None
     artifacts = mlflow.models.Model.load(str(local)).flavors["python_function"]["artifacts"]
-    return int(champion.version), local / artifacts[PIPELINE_ARTIFACT]["path"]
+    return version, local / artifacts[PIPELINE_ARTIFACT]["path"]
+
+
+def download_champion(cfg: DCMConfig, dest: Path) -> tuple[int, Path]:
+    """The champion's DCMPipeline folder, fetched from the registry into `dest` (replaced)."""
+    return download_version(cfg, dest)
+
+
+def registered_versions(cfg: DCMConfig) -> tuple[list[int], int | None]:
+    """Every registered version of the model (newest first) and the champion's number."""
+    client, name = registry_client(cfg), model_name(cfg)
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return [], None
+    champion = version_at(client, name, CHAMPION)
+    return sorted((int(v.version) for v in versions), reverse=True), int(champion.version) if champion else None
 
 
 def reevaluate_champion(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict:

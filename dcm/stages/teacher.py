@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dcm.config import DCMConfig
+from dcm.config import ConfigError, DCMConfig
 from dcm.data.stream import SampleStream
 from dcm.data.tensors import video_to_clips
 from dcm.errors import StageError, StoppedEarly
@@ -25,6 +25,7 @@ from dcm.eval.report import write_grid, write_loss_curve
 from dcm.eval.scores import clip_scores
 from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash, validate_folder
+from dcm.models.packed import unpack_verified
 from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
@@ -46,7 +47,7 @@ LOSS_CURVE, SAMPLE_GRID = "loss.png", "samples.png"
 
 SPEC = StageSpec(
     name="teacher", command="dcm teacher", flow="dcm.ops.flows.teacher",
-    params=TRAINING_PARAMS + REPORTING_PARAMS, deps=("${shard.dir}",),
+    params=TRAINING_PARAMS + REPORTING_PARAMS, deps=("${shard.dir}", "${teacher.toy.pretrained}"),
     outs=(Output(f"${{teacher.out_dir}}/{TEACHER_MODEL}"), Output(f"${{teacher.out_dir}}/{MANIFEST}")),
     note=CHECKPOINTS_NOTE,
     metrics=(Output(f"${{teacher.out_dir}}/{METRICS}", cache=False),))
@@ -108,6 +109,48 @@ def _record_real_teacher(cfg: DCMConfig, out: Path) -> dict:
     return {"manifest": manifest, "metrics": {}, "clips": None, "prompts": []}
 
 
+def architecture_mismatches(cfg: DCMConfig, folder: Path) -> list[str]:
+    """Where a toy teacher folder differs from teacher.toy's model, text and prediction settings."""
+    toy, found = cfg.teacher.toy, []
+    transformer = read_json(folder / "transformer" / "config.json")
+    for key, value in toy.model.model_dump().items():
+        if transformer.get(key) != (list(value) if isinstance(value, tuple) else value):
+            found.append(f"teacher.toy.model.{key}: {value} here, {transformer.get(key)} in the folder")
+    text = read_json(folder / "text_encoder" / "config.json")
+    found += [f"teacher.toy.text.{key}: {value} here, {text.get(key)} in the folder"
+              for key, value in toy.text.model_dump().items() if text.get(key) != value]
+    index = read_json(folder / "model_index.json")
+    found += [f"teacher.toy.{key}: {getattr(toy, key)} here, {index.get(key)} in the folder"
+              for key in ("prediction", "min_sigma") if index.get(key) != getattr(toy, key)]
+    return found
+
+
+def _install_pretrained(cfg: DCMConfig, out: Path) -> dict:
+    """The packed teacher of teacher.toy.pretrained, unpacked, its hash and architecture checked, then scored
+    like a freshly trained one; its record (how it was made, its own judgement) goes into the manifest."""
+    source = Path(cfg.teacher.toy.pretrained)
+    tmp = out / f".tmp-{TEACHER_MODEL}"
+    record = unpack_verified(source, tmp)
+    mismatches = architecture_mismatches(cfg, tmp)
+    if mismatches:
+        shutil.rmtree(tmp)
+        raise ConfigError(f"the pretrained teacher {source} does not match params.yaml: " + "; ".join(mismatches) +
+                          ". Set teacher.toy back to its architecture, or teacher.toy.init: scratch to train your own")
+    shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
+    tmp.rename(out / TEACHER_MODEL)
+    scored = score_teacher(load_teacher(cfg, resolve_device(cfg.teacher.toy.train.device)), cfg)
+    metrics = {f"pretrained_{k}": v for k, v in record["metrics"].items()} | scored["metrics"]
+    if scored["clips"] is not None:
+        write_grid({"real": scored["real"], "teacher": scored["clips"]}, len(scored["prompts"]), out / SAMPLE_GRID)
+    manifest = {"family": "toy", "path": TEACHER_MODEL, "content_hash": record["content_hash"], "steps": record["steps"],
+                "metrics": metrics, "sampling": cfg.teacher.sampling.model_dump(), "eval_prompts": len(scored["prompts"]),
+                "pretrained": {"folder": str(source), "device": record.get("device"),
+                               "overrides": record.get("overrides"), "eval_prompts": record.get("eval_prompts")}}
+    write_json_atomic(out / METRICS, metrics)
+    write_json_atomic(out / MANIFEST, manifest)
+    return {"manifest": manifest, "metrics": metrics, "clips": scored["clips"], "prompts": scored["prompts"]}
+
+
 def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None = None,
                       stop_after: int | None = None) -> dict:
     check_geometry(cfg)
@@ -115,6 +158,8 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     out.mkdir(parents=True, exist_ok=True)
     if cfg.teacher.family != "toy":
         return _record_real_teacher(cfg, out)
+    if cfg.teacher.toy.init == "pretrained":
+        return _install_pretrained(cfg, out)
     train_cfg = cfg.teacher.toy.train
     device = resolve_device(train_cfg.device)
     teacher = ToyFamily.build(cfg, cfg.seed)
