@@ -16,12 +16,17 @@ EVALUATED = ("evaluate.prompts=2", "evaluate.latency_repeats=1", "evaluate.stude
 
 
 @pytest.fixture
-def evaluated(config):
+def distilled(config):
     cfg = config(*EVALUATED)
     run_distill_stage(cfg, "semantic")
     run_distill_stage(cfg, "detail")
-    run_evaluate_stage(cfg)
     return cfg
+
+
+@pytest.fixture
+def evaluated(distilled):
+    run_evaluate_stage(distilled)
+    return distilled
 
 
 def register(cfg, judge: float) -> int:

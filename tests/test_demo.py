@@ -18,7 +18,7 @@ import pytest
 
 from dcm.ops.registry import promote
 from tests.conftest import REPO
-from tests.registered import EVALUATED, evaluated, register  # noqa: F401 (a fixture)
+from tests.registered import EVALUATED, distilled, register  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 STARTUP_S, GENERATION_S = 180, 300
@@ -60,10 +60,10 @@ def decoded_frames(url: str, path: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def test_demo_page_shows_student_and_teacher_clips_and_refuses_an_empty_prompt(evaluated, config_overrides, tmp_path):
+def test_demo_page_shows_student_and_teacher_clips_and_refuses_an_empty_prompt(distilled, config_overrides, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    cfg = evaluated
+    cfg = distilled
     register(cfg, 0.6)
     promote(cfg)
     port = free_port()

@@ -111,6 +111,12 @@ def test_dvc_repro_runs_once_then_only_when_a_param_changes(project, prefect_api
     assert stages == [(stage, "COMPLETED", 1) for stage in (*STAGES[:5], "distill_baselines", *STAGES[5:])]
     assert promotion[0].startswith("promote") and promotion[1] == "COMPLETED"  # the promote subflow, last
     assert all(f"pipeline-run:{pipeline['id']}" in run["tags"] for run in flow_runs(prefect_api, "teacher", project))
+    # Training progress: a progress artifact per training flow run, at 100 % once it finished.
+    for flow_name, count in (("teacher", 1), ("distill", 2)):
+        ids = [run["id"] for run in flow_runs(prefect_api, flow_name, project)]
+        bars = prefect_post(prefect_api, "/artifacts/filter",
+                            {"artifacts": {"type": {"any_": ["progress"]}, "flow_run_id": {"any_": ids}}})
+        assert [bar["data"] for bar in bars] == [100.0] * count, bars
     # Samples at every distill.sample_every step, as images MLflow's UI shows with a step slider.
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs_of = client.get_experiment_by_name("dcm").experiment_id  # the MLflow experiment every stage logs to

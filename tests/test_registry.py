@@ -20,7 +20,7 @@ from dcm.stages.register import CHAMPION, decide, model_name
 from dcm.ops.tracking import stage_run
 from dcm.stages.distill import run_distill_stage
 from tests.conftest import REPO
-from tests.registered import evaluated, register  # noqa: F401 (a fixture)
+from tests.registered import distilled, evaluated, register  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 

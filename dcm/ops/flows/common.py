@@ -1,4 +1,5 @@
-"""Pieces every stage flow uses: a markdown table for Prefect artifacts and sample videos for MLflow."""
+"""Pieces every stage flow uses: a markdown table and a training progress bar for Prefect artifacts, and sample videos
+for MLflow."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from dcm.data.video_io import write_video
 from dcm.ops.tracking import StageRun
@@ -27,3 +29,14 @@ def log_sample_videos(run: StageRun, clips: np.ndarray, captions: list[str], fps
             path = Path(tmp) / f"{index:02d}_{name}.mp4"
             write_video(path, clip, fps, options={"crf": str(crf)})
             run.log_artifact(path, folder)
+
+
+class StepProgress:
+    """A progress artifact of the flow run (Prefect's UI draws it as a bar), moved at every logged training step."""
+
+    def __init__(self, total_steps: int, description: str):
+        self.total = max(total_steps, 1)
+        self.artifact_id = create_progress_artifact(progress=0.0, description=description)
+
+    def update(self, step: int) -> None:
+        update_progress_artifact(self.artifact_id, progress=min(100.0, 100.0 * step / self.total))

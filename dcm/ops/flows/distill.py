@@ -11,7 +11,7 @@ from dcm.eval.report import sample_grid
 from dcm.ops.tracking import stage_run
 from dcm.stages.distill import run_distill_stage, train_config
 from dcm.stages.paths import OUTPUT_NAMES
-from dcm.ops.flows.common import log_sample_videos, markdown_table
+from dcm.ops.flows.common import StepProgress, log_sample_videos, markdown_table
 
 SAMPLE_VIDEOS = 4
 
@@ -27,9 +27,11 @@ def distill_flow(method: str, params: str = str(DEFAULT_PARAMS), overrides: list
               "train": config_to_dict(train_config(cfg, method))}
     fps, crf = cfg.teacher.sampling.fps, cfg.teacher.sampling.mp4_crf
     with stage_run(cfg.tracking, stage, logged, system_metrics=True) as run:
+        progress = StepProgress(train_config(cfg, method).steps, f"{stage}: training steps")
 
         def on_log(step: int, metrics: dict) -> None:
             run.log_metrics(metrics, step=step)
+            progress.update(step)
             logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         def on_samples(step: int, clips, prompts) -> None:
@@ -38,6 +40,7 @@ def distill_flow(method: str, params: str = str(DEFAULT_PARAMS), overrides: list
             run.log_image(sample_grid({"student": clips}, min(len(clips), SAMPLE_VIDEOS)), "samples", step)
 
         result = run_distill_stage(cfg, method, on_log=on_log, on_samples=on_samples)
+        progress.update(result["steps"])  # the last step, logged or not
         run.log_metrics(result["metrics"])
         log_sample_videos(run, result["clips"], [p["caption"] for p in result["prompts"]], fps, crf, "samples/final",
                           SAMPLE_VIDEOS)

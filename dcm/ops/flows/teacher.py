@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from dcm.config import DEFAULT_PARAMS, config_to_dict, load_config
 from dcm.ops.tracking import stage_run
 from dcm.stages.teacher import LOSS_CURVE, SAMPLE_GRID, run_teacher_stage
-from dcm.ops.flows.common import log_sample_videos, markdown_table
+from dcm.ops.flows.common import StepProgress, log_sample_videos, markdown_table
 
 SAMPLE_VIDEOS = 4
 
@@ -21,12 +21,17 @@ def teacher_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None 
     cfg = load_config(params, overrides)
     logged = {"seed": cfg.seed, "teacher": config_to_dict(cfg.teacher), "schedule": config_to_dict(cfg.schedule)}
     with stage_run(cfg.tracking, "teacher", logged, system_metrics=True) as run:
+        training = cfg.teacher.family == "toy" and cfg.teacher.toy.init == "scratch"
+        progress = StepProgress(cfg.teacher.toy.train.steps, "teacher: training steps") if training else None
 
         def on_log(step: int, metrics: dict) -> None:
             run.log_metrics(metrics, step=step)
+            progress.update(step)
             logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         result = run_teacher_stage(cfg, on_log=on_log)
+        if progress:
+            progress.update(cfg.teacher.toy.train.steps)  # the last step, logged or not
         run.log_metrics(result["metrics"])
         for name in ("manifest.json", LOSS_CURVE, SAMPLE_GRID):
             if (Path(cfg.teacher.out_dir) / name).is_file():
