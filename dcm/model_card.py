@@ -22,7 +22,7 @@ def _number(value: float) -> str:
 def model_card(info: dict, metrics: dict[str, float], metrics_source: str,
                stock: tuple[str, StockPlacement] | None) -> str:
     """info: the folder's dcm_student.json; metrics: flat name → value; stock: (pipeline class, placement)."""
-    method, steps = info["method"], (stock[1].steps if stock else 4)
+    method, steps = info["method"], info["sample_steps"]
     front = {"library_name": "diffusers", "pipeline_tag": "text-to-video",
              "tags": ["dcm", "consistency-distillation", "few-step", info["family"]]}
     d = info["defaults"]

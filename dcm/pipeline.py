@@ -54,9 +54,9 @@ class DCMPipeline:
         return next(self.student.parameters()).device
 
     # -- saving and loading ------------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path, components_from: str | Path, stock_steps: int = 4) -> None:
+    def save_pretrained(self, folder: str | Path, components_from: str | Path) -> None:
         """Write the student into `folder`; the VAE and text components come from the teacher folder
-        `components_from`. stock_steps: the step count whose placement a stock pipeline's scheduler reproduces."""
+        `components_from`. A stock pipeline's scheduler reproduces the placement of info["sample_steps"] steps."""
         folder, source = Path(folder), Path(components_from)
         folder.mkdir(parents=True, exist_ok=True)
         index = json.loads((source / INDEX).read_text()) if (source / INDEX).is_file() else {}
@@ -71,10 +71,9 @@ class DCMPipeline:
             save_modules(self.student.detail_modules(), folder / DETAIL_DIR)
         elif self.student.detail_kind == "full":
             self.student.detail_transformer.save_pretrained(folder / DETAIL_DIR / "transformer", safe_serialization=True)
-        info = {**self.info, "stock_steps": stock_steps} if self.family.stock_pipeline else self.info
-        (folder / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        (folder / INFO).write_text(json.dumps(self.info, indent=2, sort_keys=True) + "\n")
         if self.family.stock_pipeline:
-            write_stock_pipeline(folder, self.family, info, stock_steps)
+            write_stock_pipeline(folder, self.family, self.info)
             return
         index.update({"_class_name": "DCMPipeline"})
         (folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
@@ -173,11 +172,10 @@ class DCMPipeline:
 def load_detail_adapter(student: Student, folder: Path, detail_modules: tuple[str, ...], threshold: float,
                         detail_weights: str, device) -> None:
     transformer = student.transformer
-    weights = load_modules(folder)
     if detail_weights == "adapter":
         student.detail_kind, student.threshold = "lora", threshold
         student.copy_detail_modules(detail_modules)
-        student.load_detail_modules(weights)
+        student.load_detail_modules(load_modules(folder))
         transformer.load_lora_adapter(folder, adapter_name=DETAIL, use_safetensors=True)
         student.to(device)
     elif detail_weights == "merged":

@@ -43,11 +43,11 @@ def copy_component(source: Path, target: Path, link: bool) -> None:
     shutil.copytree(source, target, symlinks=False, copy_function=_link_or_copy if link else shutil.copy2)
 
 
-def placement(info: dict, steps: int) -> StockPlacement:
+def placement(info: dict) -> StockPlacement:
     """The stock scheduler for a student: exact on the first segment boundary (DCM: the expert switch) and on
     the last step, within `max_deviation` elsewhere."""
     schedule = ScheduleConfig(**info["schedule"])
-    edges = list(info["edges"])
+    edges, steps = list(info["edges"]), info["sample_steps"]
     native = [float(s) for s in inference_sigmas(schedule, steps, edges)]
     exact = steps_per_segment(steps, len(edges))[0] if len(edges) > 1 else 1
     return fit_flow_match(native, min(exact, max(steps - 1, 1)))
@@ -57,10 +57,10 @@ def _library(obj) -> list[str]:
     return [type(obj).__module__.split(".")[0], type(obj).__name__]
 
 
-def write_stock_pipeline(folder: Path, family, info: dict, steps: int) -> StockPlacement:
+def write_stock_pipeline(folder: Path, family, info: dict) -> StockPlacement:
     """Turn a written student folder (transformer/, detail/, the teacher's components) into one that
     `diffusers.<family.stock_pipeline>.from_pretrained` loads."""
-    fitted = placement(info, steps)
+    fitted = placement(info)
     FlowMatchEulerDiscreteScheduler(**fitted.config).save_pretrained(folder / SCHEDULER_DIR)
     transformer_class = type(family.transformer)
     two_experts = info["detail"] in ("lora", "full")
@@ -84,6 +84,6 @@ def stock_placement(folder: Path) -> tuple[str, StockPlacement] | None:
     """(pipeline class, placement) of a student folder written as a stock pipeline, else None."""
     index = json.loads((folder / INDEX).read_text())
     info = json.loads((folder / INFO).read_text())
-    if index.get("_class_name") == "DCMPipeline" or "stock_steps" not in info:
+    if index.get("_class_name") == "DCMPipeline":
         return None
-    return index["_class_name"], placement(info, info["stock_steps"])
+    return index["_class_name"], placement(info)

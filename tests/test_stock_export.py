@@ -64,7 +64,7 @@ def test_bad_placements_are_refused():
 
 def test_the_model_card_says_how_to_load_and_what_was_measured():
     info = {"method": "dcm", "family": "wan", "teacher_hash": "ab" * 32, "kappa": 35, "threshold": 0.88,
-            "edges": [-1, 35], "detail": "lora", "train_steps": 60, "max_text_tokens": 512,
+            "edges": [-1, 35], "detail": "lora", "train_steps": 60, "sample_steps": 4, "max_text_tokens": 512,
             "schedule": {"train_sigmas": 1000, "euler_nodes": 50, "shift": 3.0},
             "defaults": {"frames": 5, "height": 16, "width": 16}}
     fitted = fit_flow_match(native(4), exact=2)

@@ -62,6 +62,7 @@ def unpack_verified(parts: Path, dest: Path) -> dict:
     unpack(parts, dest)
     found = folder_hash(dest)
     if found != record["content_hash"]:
+        shutil.rmtree(dest)  # never leave damaged weights where a later stage could load them
         raise StageError(f"{parts}: the unpacked teacher hashes to {found[:16]}…, its record says "
                          f"{record['content_hash'][:16]}…: the parts were changed or damaged; restore them from git")
     return record

@@ -162,7 +162,7 @@ def pipeline_info(cfg: DCMConfig, method: str, teacher, student: Student, steps:
             "threshold": student.threshold, "guidance": student.guidance, "detail": student.detail_kind,
             "schedule": config_to_dict(cfg.schedule), "max_text_tokens": teacher.max_text_tokens,
             "defaults": {"frames": cfg.data.frames, "height": cfg.data.height, "width": cfg.data.width},
-            "teacher_hash": teacher_content_hash(cfg), "train_steps": steps}
+            "teacher_hash": teacher_content_hash(cfg), "train_steps": steps, "sample_steps": cfg.distill.sample_steps}
 
 
 def sample_and_judge(cfg: DCMConfig, pipe: DCMPipeline, steps: int) -> tuple[dict, np.ndarray, list[dict]]:
@@ -241,7 +241,7 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
     tmp = out.with_name(f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     DCMPipeline(teacher, final, pipeline_info(cfg, method, teacher, final, result.steps)).save_pretrained(
-        tmp, teacher_model_dir(cfg), stock_steps=distill.sample_steps)
+        tmp, teacher_model_dir(cfg))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     reloaded = DCMPipeline.from_pretrained(out, device)  # judge what users will load
