@@ -17,18 +17,11 @@ import av
 import pytest
 
 from dcm.ops.registry import promote
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.registered import EVALUATED, distilled, register  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 STARTUP_S, GENERATION_S = 180, 300
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def browser():

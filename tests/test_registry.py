@@ -19,7 +19,7 @@ from dcm.ops.registry import download_champion, promote, register_challenger, ro
 from dcm.stages.register import CHAMPION, decide, model_name
 from dcm.ops.tracking import stage_run
 from dcm.stages.distill import run_distill_stage
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.registered import distilled, evaluated, register  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -146,13 +146,6 @@ def test_champion_generates_a_clip_in_a_fresh_process(evaluated, tmp_path):
     with av.open(str(clip)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == row["frames"] == 4 and frames[0].shape == (16, 16, 3) and row["steps"] == 2
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
