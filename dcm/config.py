@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,6 +178,8 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"]  # bf16 = autocast on CUDA; weights and optimiser stay fp32
     compile: Literal["none", "blocks"]  # blocks: torch.compile each repeated transformer block in place
     gradient_checkpointing: bool  # recompute block activations in backward: memory for time (large models)
+    micro_batch: int = Field(ge=0)  # samples per process per forward/backward; 0: the process's whole share
+    frozen_dtype: Literal["float32", "bfloat16", "float16"]  # storage of frozen models (teacher, frozen experts)
 
 
 class ToyModelConfig(Strict):
@@ -394,6 +397,22 @@ class PipelineConfig(Strict):
     retry_delay_s: float = Field(ge=0)
 
 
+class DistributedConfig(Strict):
+    """Worker processes of the training stages (torchrun's elastic launcher; dcm/ops/launch.py)."""
+
+    nproc_per_node: int = Field(ge=1)
+    nnodes: int = Field(ge=1)
+    rdzv_endpoint: str  # host:port of the c10d rendezvous on the first machine; read only when nnodes > 1
+    max_restarts: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> DistributedConfig:
+        if self.nnodes > 1 and not re.fullmatch(r"[^:\s]+:\d+", self.rdzv_endpoint):
+            raise ValueError(f"distributed.rdzv_endpoint must be host:port of the first machine when nnodes > 1 "
+                             f"(got {self.rdzv_endpoint!r})")
+        return self
+
+
 class DCMConfig(Strict):
     profile: str  # a name from `profiles`, applied on top of this file ("default": nothing)
     profiles: dict[str, dict[str, Any]]  # name → {"dotted.key": value}; same keys as -S overrides
@@ -409,6 +428,7 @@ class DCMConfig(Strict):
     registry: RegistryConfig
     serving: ServingConfig
     tracking: TrackingConfig
+    distributed: DistributedConfig
     pipeline: PipelineConfig
     demo: DemoConfig
 

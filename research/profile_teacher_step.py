@@ -45,7 +45,7 @@ def main() -> None:
         start = time.perf_counter()
         for batch in held:
             with autocast:
-                loss, _ = method.loss(batch, generator)
+                loss, _ = method.loss(batch, generator, slice(0, len(batch)))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -56,7 +56,7 @@ def main() -> None:
         with torch.profiler.profile() as prof:
             for batch in held[:3]:
                 with autocast:
-                    loss, _ = method.loss(batch, generator)
+                    loss, _ = method.loss(batch, generator, slice(0, len(batch)))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -5,7 +5,8 @@
 
 Each process joins the gloo group, runs the stage function; rank 0 writes the run's loss sequence, or
 the step a time limit stopped it at. DDP_RANK0_OVERRIDES (space-separated key=value) apply to rank 0 only:
-a time limit that only one rank's clock would hit.
+a time limit that only one rank's clock would hit. DDP_STOP_AFTER stops both ranks after that many steps
+(with a checkpoint), as a stop request would.
 """
 
 import json
@@ -17,7 +18,7 @@ from dcm.config import load_config
 from dcm.errors import StoppedEarly
 from dcm.stages.distill import run_distill_stage
 from dcm.stages.distill import train_config
-from dcm.train.distributed import init_from_env, local_slice
+from dcm.train.distributed import init_from_env, micro_slices
 from dcm.stages.teacher import run_teacher_stage
 
 if __name__ == "__main__":
@@ -26,14 +27,16 @@ if __name__ == "__main__":
     if rank == 0:
         overrides += os.environ.get("DDP_RANK0_OVERRIDES", "").split()
     cfg = load_config(params, overrides)
+    stop = int(os.environ["DDP_STOP_AFTER"]) if os.environ.get("DDP_STOP_AFTER") else None
     try:
-        result = run_teacher_stage(cfg) if method == "teacher" else run_distill_stage(cfg, method)
+        result = (run_teacher_stage(cfg, stop_after=stop) if method == "teacher"
+                  else run_distill_stage(cfg, method, stop_after=stop))
     except StoppedEarly as stopped:
         if rank == 0:
             Path(out).write_text(json.dumps({"world": world, "stopped": str(stopped)}))
         sys.exit(0)
-    batch = (cfg.teacher.toy.train if method == "teacher" else train_config(cfg, method)).batch_size
-    share = local_slice(batch)
+    train = cfg.teacher.toy.train if method == "teacher" else train_config(cfg, method)
+    parts = micro_slices(train.batch_size, train.micro_batch, rank, world)
     if rank == 0:
-        Path(out).write_text(json.dumps({"world": world, "batch": batch, "share": share.stop - share.start,
-                                         "losses": result["losses"]}))
+        Path(out).write_text(json.dumps({"world": world, "batch": train.batch_size, "micro_batches": len(parts),
+                                         "share": sum(p.stop - p.start for p in parts), "losses": result["losses"]}))

@@ -20,7 +20,7 @@ from dcm.stages.shard import run_shard_stage
 from dcm.errors import StageError
 from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.stages.precompute import run_precompute_stage
-from dcm.train.checkpoint import latest_checkpoint
+from dcm.train.checkpoint import SHARDS, checkpoint_tensors, latest_checkpoint
 from dcm.stages.distill import run_distill_stage
 from dcm.stages.teacher import load_teacher, run_teacher_stage
 from tests.conftest import TINY_TEACHER
@@ -103,7 +103,7 @@ def test_damaged_and_pickled_checkpoints_are_refused(tmp_path, make_config):
     newest = latest_checkpoint(Path(cfg.teacher.checkpoint_dir))
     longer = make_config(*TINY_TEACHER, "teacher.toy.train.steps=6")
 
-    weights = newest / "model.safetensors"
+    weights = next((newest / SHARDS).glob("*.safetensors"))
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(StageError, match=rf"checkpoint {newest}.*damaged.*delete that folder"):
@@ -176,5 +176,5 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(make_config):
         run_teacher_stage(cfg)
     last = latest_checkpoint(Path(cfg.teacher.checkpoint_dir))
     assert last is not None
-    weights = load_tensors((last / "model.safetensors").read_bytes())
-    assert all(torch.isfinite(value).all() for value in weights.values())  # nothing non-finite was saved
+    weights = checkpoint_tensors(last)
+    assert weights and all(torch.isfinite(value).all() for value in weights.values())  # nothing non-finite saved

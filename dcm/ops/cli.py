@@ -252,24 +252,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_distributed(args, argv: list[str]) -> bool:
+    """Training stages on several processes (dcm/ops/launch.py): start the workers, or, in a worker of rank
+    above 0, run the stage without Prefect and MLflow. True when that handled the command."""
+    from dcm.ops import launch
+    if args.command not in ("teacher", "distill"):
+        return False
+    cfg = load_config(args.params, args.overrides)
+    if not launch.distributed_stage(args.command, cfg):
+        return False
+    if launch.in_worker():
+        from dcm.train.distributed import init_from_env
+        rank, _ = init_from_env()
+        if rank == 0:
+            return False  # rank 0 runs the stage's flow as a single process would
+        launch.run_on_other_ranks(args.command, cfg, launch.methods_of(getattr(args, "method", []), cfg))
+        return True
+    if launch.process_count(cfg.distributed) == 1:
+        return False
+    launch.launch(argv, cfg.distributed, args.command)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_runtime_defaults(Path.cwd())
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if getattr(args, "params", None):  # flow-run parameters in Prefect's UI then name the project
         args.params = str(Path(args.params).resolve())
     try:
-        check_prefect_api(args)
-        if os.environ.get(PIPELINE_RUN_ENV):  # started by the pipeline flow's task for this stage: link the runs
-            from prefect import tags
-            with tags(PIPELINE_RUN_TAG + os.environ[PIPELINE_RUN_ENV]):
-                return args.func(args)
-        return args.func(args)
-    except ConfigError as error:
-        print(f"dcm: config error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (FileNotFoundError, StageError) as error:
+        return _run(args, argv)
+    except (ConfigError, FileNotFoundError, StageError) as error:
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # a worker: the launcher reports this line
+            from dcm.ops.launch import record_failure
+            record_failure(error)
+        if isinstance(error, ConfigError):
+            print(f"dcm: config error: {error}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"dcm: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as error:  # a crash: in a worker, the launcher names it; the traceback follows as usual
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            from dcm.ops.launch import record_failure
+            record_failure(error)
+        raise
+
+
+def _run(args, argv: list[str]) -> int:
+    if run_distributed(args, argv):
+        return 0
+    check_prefect_api(args)
+    if os.environ.get(PIPELINE_RUN_ENV):  # started by the pipeline flow's task for this stage: link the runs
+        from prefect import tags
+        with tags(PIPELINE_RUN_TAG + os.environ[PIPELINE_RUN_ENV]):
+            return args.func(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

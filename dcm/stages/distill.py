@@ -38,6 +38,7 @@ from dcm.stages.teacher import load_teacher, teacher_content_hash
 from dcm.stock_export import stock_placement
 from dcm.train.consistency import ConsistencyDistillation
 from dcm.train.distributed import rank_and_world
+from dcm.train.sharding import data_parallel, full_state_dict
 from dcm.train.loop import resolve_device, train, training_fingerprint
 
 # The distill settings each method trains with, and no others: its checkpoint fingerprint (method_settings)
@@ -217,11 +218,13 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
     def log(step: int, metrics: dict) -> None:
         if on_log:
             on_log(step, metrics)
-        if on_samples and distill.sample_every and step % distill.sample_every == 0:
+        # A sharded student samples on every process (each forward gathers its weights); rank 0 reports.
+        if (on_samples or data_parallel()) and distill.sample_every and step % distill.sample_every == 0:
             pipe = DCMPipeline(teacher, student, pipeline_info(cfg, method, teacher, student, step))
             with torch.no_grad():
                 _, clips, prompts = sample_and_judge(cfg, pipe, distill.sample_steps)
-            on_samples(step, clips, prompts)
+            if on_samples:
+                on_samples(step, clips, prompts)
 
     checkpoints = checkpoint_folder(cfg, method)
     result = train(objective, stream, train_cfg, checkpoints, seed, on_log=log,
@@ -231,9 +234,14 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
         raise StoppedEarly(f"{method} distillation stopped at step {result.steps} of {train_cfg.steps} (time limit or "
                          f"stop request); its checkpoint is in {checkpoints}: run the stage "
                          "again to continue")
-    if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
-        return {"losses": result.losses, "steps": result.steps, "resumed_from": result.resumed_from}
     final = result.ema or student
+    if data_parallel():  # sharded over the processes: rank 0 gathers them into a plain student and exports it
+        weights = full_state_dict(final)
+        if rank_and_world()[0] != 0:
+            return {"losses": result.losses, "steps": result.steps, "resumed_from": result.resumed_from}
+        teacher = load_teacher(cfg, device)
+        final = build_student(cfg, method, teacher, device)
+        final.load_state_dict(weights)
     if method == "semantic" and distill.semantic_weights == "lora":
         final.merge_semantic_lora()
     name = OUTPUT_NAMES[method]

@@ -34,6 +34,7 @@ from dcm.stages.checks import check_geometry
 from dcm.stages.paths import MANIFEST, METRICS, TEACHER_MODEL, shard_manifest, teacher_manifest, teacher_model_dir
 from dcm.stages.spec import CHECKPOINTS_NOTE, Output, StageSpec, param_values
 from dcm.train.distributed import rank_and_world
+from dcm.train.sharding import data_parallel, full_state_dict
 from dcm.train.flow_matching import FlowMatchingPretraining
 from dcm.train.loop import resolve_device, train, training_fingerprint
 
@@ -171,11 +172,17 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     if result.stopped_early:
         raise StoppedEarly(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
                          f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to continue")
-    if rank_and_world()[0] != 0:  # data parallel: every rank holds the same weights; rank 0 exports them
-        return {"losses": result.losses, "resumed_from": result.resumed_from}
+    final = result.ema or teacher.transformer  # ship the EMA weights
+    if data_parallel():  # sharded over the processes: rank 0 gathers them into a plain model and exports it
+        weights = full_state_dict(final)
+        if rank_and_world()[0] != 0:
+            return {"losses": result.losses, "resumed_from": result.resumed_from}
+        teacher = ToyFamily.build(cfg, cfg.seed)
+        teacher.transformer.load_state_dict(weights)
+        final = teacher.transformer
     tmp = out / f".tmp-{TEACHER_MODEL}"
     shutil.rmtree(tmp, ignore_errors=True)
-    teacher.save_pretrained(tmp, transformer=result.ema or teacher.transformer)  # ship the EMA weights
+    teacher.save_pretrained(tmp, transformer=final)
     shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
     tmp.rename(out / TEACHER_MODEL)
     reloaded = load_teacher(cfg, device)  # score what later stages will load, not the object in memory

@@ -14,7 +14,7 @@ from dcm.config import DCMConfig
 from dcm.losses import feature_matching, hinge_discriminator, hinge_generator
 from dcm.models.discriminator import Discriminator
 from dcm.schedule import euler_nodes, nodes_above, renoise
-from dcm.train.distributed import average_gradients, mean_across
+from dcm.train.distributed import mean_across
 from dcm.train.loop import device_generator
 
 
@@ -27,16 +27,19 @@ class AdversarialLoss:
             raise ValueError(f"distill.discriminator.tap_every={disc.tap_every} taps no block of a teacher with "
                              f"{len(teacher.blocks())} blocks")
         self.discriminator = Discriminator([teacher.feature_width()] * taps, disc).to(device)
-        self.optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=disc.lr, betas=disc.betas,
-                                           weight_decay=disc.weight_decay)
+        self.optimizer: torch.optim.Optimizer | None = None  # built when the loop asks, after it sharded the heads
         self.detail_sigmas = euler_nodes(cfg.schedule)[: cfg.distill.kappa + 1].float()
-        self._pending: tuple | None = None
+        self._pending: list[tuple] = []  # one entry per micro-batch of the step
 
     def state_modules(self) -> dict:
         return {"discriminator": self.discriminator}
 
     def state_optimizers(self) -> dict:
-        return {"discriminator_optimizer": self.optimizer}
+        if self.optimizer is None:
+            disc = self.cfg.distill.discriminator
+            self.optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=disc.lr, betas=disc.betas,
+                                               weight_decay=disc.weight_decay)
+        return {"discriminator_optimizer": (self.discriminator, self.optimizer)}
 
     def features(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> list[torch.Tensor]:
         with self.teacher.tap_blocks(self.cfg.distill.discriminator.tap_every) as captured:
@@ -61,16 +64,21 @@ class AdversarialLoss:
         matching = feature_matching([self.teacher.project_features(f) for f in fake],
                                     [self.teacher.project_features(r) for r in real])
         loss = distill.adv_weight * (distill.generator_weight * hinge + distill.fm_weight * matching)
-        self._pending = ([f.detach() for f in fake], real, grid)
+        self._pending.append(([f.detach() for f in fake], real, grid))
         return loss, {"g_hinge": hinge.detach(), "feature_matching": matching.detach()}
 
     def discriminator_step(self) -> dict[str, torch.Tensor]:
-        """One hinge step of the heads on the features the generator step just produced."""
-        fake, real, grid = self._pending
-        self._pending = None
-        self.optimizer.zero_grad(set_to_none=True)  # also drops grads the generator loss left on the heads
-        loss = hinge_discriminator(self.discriminator(real, grid), self.discriminator(fake, grid))
-        loss.backward()
-        average_gradients(self.discriminator.parameters())  # data parallel: the whole batch's gradient
+        """One hinge step of the heads on the features the generator step just produced (every micro-batch's;
+        FSDP averages the gradients over the processes). Real and fake go through the heads in one call."""
+        pending, self._pending = self._pending, []
+        self.state_optimizers()["discriminator_optimizer"][1].zero_grad(set_to_none=True)  # also drops the
+        # gradients the generator loss left on the heads
+        total = 0.0
+        for fake, real, grid in pending:
+            logits = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
+            count = len(real[0])
+            loss = hinge_discriminator([l[:count] for l in logits], [l[count:] for l in logits]) / len(pending)
+            loss.backward()
+            total = total + loss.detach()
         self.optimizer.step()
-        return {"d_hinge": mean_across(loss.detach())}
+        return {"d_hinge": mean_across(total)}

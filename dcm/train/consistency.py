@@ -23,7 +23,6 @@ from dcm.models.dual_expert import Student
 from dcm.sampling import expand_uncond, guided_velocity
 from dcm.schedule import END, add_noise, euler_nodes, method_edges, target_node, training_nodes
 from dcm.train.adversarial import AdversarialLoss
-from dcm.train.distributed import local_slice
 from dcm.train.loop import device_generator, ema_update
 
 
@@ -91,9 +90,12 @@ class ConsistencyDistillation:
         x_prev = x_n + per_sample(self.sigma(nodes - 1) - self.sigma(nodes), x_n) * velocity.float()
         return x_n, x_prev, cond
 
-    def loss(self, batch: list[dict], generator: torch.Generator):
+    def frozen_modules(self) -> list:
+        return [self.teacher.transformer]
+
+    def loss(self, batch: list[dict], generator: torch.Generator, part: slice):
         distill = self.cfg.distill
-        count, part = len(batch), local_slice(len(batch))  # draws for all `count` samples, work on `part`
+        count = len(batch)  # draws for all `count` samples, work on `part`
         nodes = self.nodes[torch.randint(len(self.nodes), (count,), generator=generator)][part]
         edges = torch.tensor([target_node(n, self.edges) for n in nodes.tolist()])
         x_n, x_prev, cond = self.draw_points(batch[part], nodes, generator, count, part)

@@ -10,7 +10,6 @@ from dcm.config import DCMConfig
 from dcm.data.tensors import clips_to_video
 from dcm.models.toy import ToyFamily
 from dcm.schedule import add_noise, sample_training_sigmas
-from dcm.train.distributed import local_slice
 from dcm.train.loop import device_generator
 
 
@@ -20,9 +19,9 @@ class FlowMatchingPretraining:
     def __init__(self, teacher: ToyFamily, cfg: DCMConfig):
         self.teacher, self.cfg, self.module = teacher, cfg, teacher.transformer
 
-    def loss(self, batch: list[dict], generator: torch.Generator):
-        """Draws for the whole batch, computed on this process's slice (all of it without torchrun)."""
-        toy, device, part = self.cfg.teacher.toy, next(self.module.parameters()).device, local_slice(len(batch))
+    def loss(self, batch: list[dict], generator: torch.Generator, part: slice):
+        """Draws for the whole batch, computed on the samples of `part`."""
+        toy, device = self.cfg.teacher.toy, next(self.module.parameters()).device
         drop = (torch.rand(len(batch), generator=generator) < toy.caption_dropout).tolist()
         captions = [self.cfg.teacher.negative_prompt if d else s["caption"] for s, d in zip(batch, drop)][part]
         latents = self.teacher.encode_video(clips_to_video(np.stack([s["clip"] for s in batch[part]])).to(device))

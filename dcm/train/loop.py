@@ -1,13 +1,17 @@
 """The one training loop every method shares: optimiser, warm-up, clipping, EMA, bf16 autocast,
-checkpoints with exact resume, NaN guard, and metric callbacks.
+gradient accumulation, sharded checkpoints with exact resume, NaN guard, and metric callbacks.
 
-A method supplies `module` (what trains: its parameters with requires_grad) and `loss(batch, generator)
--> (loss, logs)`; optionally `after_step() -> logs` (run after the optimiser step, e.g. a discriminator
-step) and `state_modules()` / `state_optimizers()`, extra state that checkpoints carry. Logs are detached
-tensors (or floats): the loop reads them only on logging steps, since each read of a GPU value stalls the
-GPU queue. Every random draw goes through the single `generator`, which is checkpointed, so a run
-stopped at step k and resumed reproduces an uninterrupted run's loss sequence exactly on CPU. Under torchrun the loop is data
-parallel (dcm/train/distributed.py): methods draw for the whole batch and compute their slice of it.
+A method supplies `module` (what trains: its parameters with requires_grad) and
+`loss(batch, generator, part) -> (loss, logs)`, which draws its random numbers for the whole batch and
+computes the loss of the samples in `part` (a slice); optionally `after_step() -> logs` (run after the
+optimiser step, e.g. a discriminator step), `state_modules()` / `state_optimizers()` (extra state that
+checkpoints carry; optimisers as (module, optimiser), built when first asked, after sharding) and
+`frozen_modules()` (models read but not trained, e.g. the teacher). Logs are detached tensors (or floats):
+the loop reads them only on logging steps, since each read of a GPU value stalls the GPU queue. Every
+random draw goes through the single `generator`, which is checkpointed, so a run stopped at step k and
+resumed reproduces an uninterrupted run's loss sequence exactly on CPU, on any number of processes. Under
+torchrun every model is sharded with FSDP2 (dcm/train/sharding.py) and each process computes its share of
+the batch (dcm/train/distributed.py).
 """
 
 from __future__ import annotations
@@ -26,15 +30,17 @@ from dcm.config import TrainConfig
 from dcm.errors import StageError
 from dcm.io import sha256_json
 from dcm.progress import progress
-from dcm.train.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint, supersede
-from dcm.train.distributed import average_gradients, barrier, mean_across, rank_and_world
+from dcm.train.checkpoint import FORMAT, latest_checkpoint, load_checkpoint, read_state, save_checkpoint, supersede
+from dcm.train.distributed import barrier, mean_across, micro_slices, rank_and_world
+from dcm.train.sharding import (compute_policy, data_parallel, full_value, local, recompute_blocks, shard,
+                                store_frozen)
 from dcm.train.prefetch import Prefetcher, prefetch_kind
 
 
 class Method(Protocol):
     module: nn.Module
 
-    def loss(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]: ...
+    def loss(self, batch, generator: torch.Generator, part: slice) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]: ...
 
 
 class Stream(Protocol):
@@ -60,7 +66,7 @@ def resolve_device(name: str) -> torch.device:
 
 # Train settings that may change between a run and its resumption: how long, how often, where.
 RUN_ONLY = ("steps", "time_limit_s", "checkpoint_every", "keep_checkpoints", "log_every", "device", "prefetch",
-            "prefetch_batches", "compile", "gradient_checkpointing")
+            "prefetch_batches", "compile", "gradient_checkpointing", "micro_batch", "frozen_dtype")
 
 
 def training_fingerprint(cfg: TrainConfig, **inputs) -> str:
@@ -97,19 +103,11 @@ def compile_blocks(module: nn.Module) -> None:
         model.compile_repeated_blocks()
 
 
-def enable_gradient_checkpointing(module: nn.Module) -> None:
-    """Every diffusers model inside `module` (the student's experts) recomputes its blocks in backward."""
-    models = [m for m in module.modules() if getattr(m, "_supports_gradient_checkpointing", False)]
-    if not models:
-        raise StageError(f"train.gradient_checkpointing needs a diffusers model; {type(module).__name__} holds none: "
-                         "set it to false")
-    for model in models:
-        model.enable_gradient_checkpointing()
-
-
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+    """Sharded alike, the EMA and the model hold the same slices: each process updates its own."""
+    torch._foreach_lerp_([local(p) for p in ema.parameters()], [local(p).detach() for p in model.parameters()],
+                         1.0 - decay)
 
 
 def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
@@ -119,34 +117,50 @@ def device_generator(generator: torch.Generator, device: torch.device) -> torch.
     return torch.Generator(device).manual_seed(seed)
 
 
+def prepare_models(method: Method, cfg: TrainConfig, device: torch.device) -> tuple[nn.Module | None, dict]:
+    """The EMA copy, activation checkpointing, compilation and (under torchrun) FSDP2 sharding of every model
+    the step touches, in that order; returns the EMA and the modules a checkpoint carries."""
+    ema = copy.deepcopy(method.module).requires_grad_(False) if cfg.ema_decay > 0 else None
+    if cfg.gradient_checkpointing:  # after the copies: they never run backward
+        recompute_blocks(method.module)
+    if cfg.compile == "blocks":  # after the EMA copy: the copy stays a plain module
+        compile_blocks(method.module)
+    extra = getattr(method, "state_modules", dict)()
+    frozen = getattr(method, "frozen_modules", list)()
+    for module in frozen:
+        store_frozen(module, cfg.frozen_dtype, device, cfg.precision)
+    if data_parallel():
+        policy = compute_policy(device, cfg.precision)
+        for module in [method.module, *extra.values(), *([ema] if ema is not None else [])]:
+            shard(module, device, policy)
+        for module in frozen:
+            shard(module, device)
+    return ema, {"model": method.module, **({"ema": ema} if ema is not None else {}), **extra}
+
+
 def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path, seed: int,
           on_log: Callable[[int, dict], None] | None = None, stop_after: int | None = None,
           time_limit_s: float | None = None, fingerprint: str = "") -> TrainResult:
     """Train to cfg.steps (resuming from the newest checkpoint); stop early after `stop_after` steps of
     this call or `time_limit_s` seconds, checkpointing first so that the next call continues."""
     device = next(method.module.parameters()).device
+    ema, modules = prepare_models(method, cfg, device)
     trainable = [p for p in method.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.decay))
-    ema = copy.deepcopy(method.module).requires_grad_(False) if cfg.ema_decay > 0 else None
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(method.module)
-    if cfg.compile == "blocks":  # after the EMA copy: the copy stays a plain module
-        compile_blocks(method.module)
     generator = torch.Generator().manual_seed(seed)
-    modules = {"model": method.module, **({"ema": ema} if ema is not None else {}),
-               **getattr(method, "state_modules", dict)()}
-    optimizers = {"optimizer": optimizer, **getattr(method, "state_optimizers", dict)()}
+    optimizers = {"optimizer": (method.module, optimizer), **getattr(method, "state_optimizers", dict)()}
     after_step = getattr(method, "after_step", None)
     result = TrainResult(steps=0)
-    rank, _ = rank_and_world()
+    rank, world = rank_and_world()
     latest = latest_checkpoint(checkpoint_dir)
-    previous = read_state(latest).get("fingerprint", "unknown") if latest is not None else fingerprint
-    if previous != fingerprint:
-        # Trained under other settings or data: continuing would silently ignore the change.
+    found = read_state(latest) if latest is not None else {"fingerprint": fingerprint, "format": FORMAT}
+    if found.get("fingerprint", "unknown") != fingerprint or found.get("format") != FORMAT:
+        # Trained under other settings or data (or written by an older dcm): continuing would silently
+        # ignore the change.
         if rank == 0:
-            moved = supersede(checkpoint_dir, str(previous)[:12])
+            moved = supersede(checkpoint_dir, str(found.get("fingerprint", "unknown"))[:12])
             print(f"checkpoints in {checkpoint_dir} were trained with other settings; moved to {moved}, starting anew")
         latest = None
     barrier()
@@ -158,12 +172,10 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
         result.losses = list(state["losses"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
 
-    def checkpoint() -> None:  # every rank holds the same state: rank 0 writes it
-        if rank == 0:
-            save_checkpoint(checkpoint_dir, result.steps, modules, optimizers, generator,
-                            {"stream": batches.consumed_state, "losses": result.losses,
-                             "scheduler": scheduler.state_dict(), "fingerprint": fingerprint}, cfg.keep_checkpoints)
-        barrier()
+    def checkpoint() -> None:  # collective: every rank writes its shards
+        save_checkpoint(checkpoint_dir, result.steps, modules, optimizers, generator,
+                        {"stream": batches.consumed_state, "losses": result.losses,
+                         "scheduler": scheduler.state_dict(), "fingerprint": fingerprint}, cfg.keep_checkpoints)
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
     batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches, prefetch_kind(cfg.prefetch, device.type))
@@ -172,17 +184,23 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
         while result.steps < cfg.steps:
             method.module.train()
             batch = next(batches)
-            with autocast:
-                loss, logs = method.loss(batch, generator)
+            parts = micro_slices(len(batch), cfg.micro_batch, rank, world)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(trainable)  # data parallel: every rank now holds the whole batch's gradient
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            draws = generator.get_state()
+            step_loss, logs = 0.0, {}
+            for part in parts:
+                generator.set_state(draws)  # every micro-batch sees the whole batch's draws, as one pass would
+                with autocast:
+                    loss, part_logs = method.loss(batch, generator, part)
+                (loss / len(parts)).backward()
+                step_loss = step_loss + loss.detach().float() / len(parts)
+                logs = {key: logs.get(key, 0.0) + value / len(parts) for key, value in part_logs.items()}
+            grad_norm = full_value(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
             # One host sync per step for both guards and the clock (each sync stalls the GPU queue). The time
             # limit is averaged too: data-parallel ranks must agree to stop at the same step, or one would
             # wait for the others' gradients for ever.
             late = float(time_limit_s is not None and time.perf_counter() - started > time_limit_s)
-            shared = mean_across(torch.stack([loss.detach().float(), torch.tensor(late, device=loss.device)]))
+            shared = mean_across(torch.stack([step_loss, torch.tensor(late, device=step_loss.device)]))
             loss_value, late_share, norm_value = torch.cat([shared, grad_norm.float().view(1)]).tolist()
             if not math.isfinite(loss_value) or not math.isfinite(norm_value):
                 what = f"loss became {loss_value}" if not math.isfinite(loss_value) else f"gradient norm became {norm_value}"
