@@ -39,4 +39,5 @@ if __name__ == "__main__":
     parts = micro_slices(train.batch_size, train.micro_batch, rank, world)
     if rank == 0:
         Path(out).write_text(json.dumps({"world": world, "batch": train.batch_size, "micro_batches": len(parts),
-                                         "share": sum(p.stop - p.start for p in parts), "losses": result["losses"]}))
+                                         "share": sum(p.stop - p.start for p in parts), "losses": result["losses"],
+                                         "resumed_from": result["resumed_from"]}))

@@ -78,5 +78,7 @@ class WanFamily(TeacherFamily):
 
     def velocity(self, latents, sigma, cond, guidance=None):
         dtype = self.transformer.dtype
-        return self.transformer(hidden_states=latents.to(dtype), timestep=self.timestep(sigma).to(dtype),
+        # The timestep stays fp32 (diffusers casts its sinusoidal embedding to the embedder's dtype itself): in
+        # bf16, timesteps near 1000 would be 4 apart and neighbouring nodes would look alike.
+        return self.transformer(hidden_states=latents.to(dtype), timestep=self.timestep(sigma).float(),
                                 encoder_hidden_states=cond["embeds"].to(dtype), return_dict=False)[0]

@@ -14,6 +14,7 @@ reduced in fp32); frozen ones are stored in `frozen_dtype` and never see an opti
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -70,6 +71,11 @@ def compute_policy(device: torch.device, precision: str) -> MixedPrecisionPolicy
     if device.type == "cuda" and precision == "bf16":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
     return MixedPrecisionPolicy()
+
+
+# diffusers transformers return their output as a view (a reshape); FSDP2 then warns that an in-place op on it
+# would skip its backward hook. Every model call of dcm uses the output out of place (velocity arithmetic).
+warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
 
 
 def shard(module: nn.Module, device: torch.device, policy: MixedPrecisionPolicy | None = None) -> nn.Module:
