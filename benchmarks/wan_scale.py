@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN_14B = {**WAN_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}  # Wan2.1-T2V-14B's config
+SIZES = {"1.3b": WAN_1_3B, "14b": WAN_14B}
 TEXT_TOKENS = 512
 
 
@@ -109,7 +111,8 @@ def wan_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--layers", type=int, default=WAN_1_3B["num_layers"], help="fewer for a smoke run")
+    parser.add_argument("--size", choices=sorted(SIZES), default="1.3b", help="Wan2.1 architecture: 1.3b or 14b")
+    parser.add_argument("--layers", type=int, help="fewer than the architecture's, for a smoke run")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path, not a figure")
     parser.add_argument("--json", type=Path)
     parser.add_argument("-S", dest="overrides", action="append", default=[])
@@ -126,9 +129,9 @@ def main() -> None:
     parser.add_argument("--parts", default="text,sampling,detail")
     parser.add_argument("--compile", action="store_true", help="DCMPipeline.compile(): expert blocks + VAE decoder")
     args = parser.parse_args()
-    config = {**WAN_1_3B, "num_layers": args.layers}
+    config = {**SIZES[args.size], "num_layers": args.layers or SIZES[args.size]["num_layers"]}
     device = torch.device(args.device)
-    results: dict = {"card": card(device), "layers": args.layers, "torch": torch.__version__, "compile": args.compile,
+    results: dict = {"card": card(device), "size": args.size, "layers": config["num_layers"], "torch": torch.__version__, "compile": args.compile,
                      "shape": {"frames": args.frames, "height": args.height, "width": args.width}}
     cfg = load_config(REPO / "params.yaml", args.overrides)
     torch.manual_seed(0)

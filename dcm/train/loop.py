@@ -56,6 +56,8 @@ class TrainResult:
     ema: nn.Module | None = None
     resumed_from: int = 0
     stopped_early: bool = False
+    resume_s: float = 0.0  # reading the checkpoint it resumed from
+    checkpoint_s: list[float] = field(default_factory=list)  # each checkpoint save of this call
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,7 +167,9 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
         latest = None
     barrier()
     if latest is not None:
+        loading = time.perf_counter()
         state = load_checkpoint(latest, modules, optimizers, generator)
+        result.resume_s = time.perf_counter() - loading
         scheduler.load_state_dict(state["scheduler"])
         stream.restore(state["stream"])
         result.steps = result.resumed_from = state["step"]
@@ -173,9 +177,11 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
 
     def checkpoint() -> None:  # collective: every rank writes its shards
+        saving = time.perf_counter()
         save_checkpoint(checkpoint_dir, result.steps, modules, optimizers, generator,
                         {"stream": batches.consumed_state, "losses": result.losses,
                          "scheduler": scheduler.state_dict(), "fingerprint": fingerprint}, cfg.keep_checkpoints)
+        result.checkpoint_s.append(time.perf_counter() - saving)
 
     started, window_start, done_here = time.perf_counter(), time.perf_counter(), 0
     batches = Prefetcher(stream, cfg.batch_size, cfg.prefetch_batches, prefetch_kind(cfg.prefetch, device.type))

@@ -102,6 +102,8 @@ def store_frozen(module: nn.Module, dtype_name: str, device: torch.device, preci
     """A frozen model in its storage dtype. Anything below fp32 computes under the loop's bf16 autocast, so
     it needs CUDA with train.precision bf16."""
     dtype = DTYPES[dtype_name]
+    if all(p.dtype == dtype for p in module.parameters()):
+        return module
     if dtype != torch.float32 and not (device.type == "cuda" and precision == "bf16"):
         raise StageError(f"frozen_dtype {dtype_name} needs CUDA with train.precision bf16 (this run: {device.type}, "
                          f"{precision}); set it to float32 on CPU")
