@@ -256,7 +256,7 @@ def run_distributed(args, argv: list[str]) -> bool:
     """Training stages on several processes (dcm/ops/launch.py): start the workers, or, in a worker of rank
     above 0, run the stage without Prefect and MLflow. True when that handled the command."""
     from dcm.ops import launch
-    if args.command not in ("teacher", "distill"):
+    if args.command not in ("teacher", "precompute", "distill"):
         return False
     cfg = load_config(args.params, args.overrides)
     if not launch.distributed_stage(args.command, cfg):

@@ -1,9 +1,9 @@
-"""Worker processes for the training stages, started by the stage command itself.
+"""Worker processes for the GPU-heavy stages, started by the stage command itself.
 
-`dcm teacher` and `dcm distill ...` with distributed.nproc_per_node × nnodes above 1 start that many workers
-through torchrun's elastic launcher, each running the same command. Rank 0 runs the stage's Prefect flow
-(the stage's one flow run and one MLflow run); the other ranks run the stage function itself, log nothing and
-write only their checkpoint shards. `dvc repro` and the Prefect deployment run the same commands, so they use
+`dcm teacher`, `dcm precompute` and `dcm distill ...` with distributed.nproc_per_node × nnodes above 1 start
+that many workers through torchrun's elastic launcher, each running the same command. Rank 0 runs the
+stage's Prefect flow (the stage's one flow run and one MLflow run); the other ranks run the stage function
+itself, log nothing and write only their own work (checkpoint shards, precompute's shards). `dvc repro` and the Prefect deployment run the same commands, so they use
 every GPU of the machine. A failed worker stops the others and fails the command with its own message.
 """
 
@@ -64,15 +64,19 @@ def run_on_other_ranks(command: str, cfg: DCMConfig, methods: list[str]) -> None
         from dcm.stages.teacher import run_teacher_stage
         run_teacher_stage(cfg)
         return
+    if command == "precompute":  # every world-th input shard; rank 0 waits for them and writes the manifest
+        from dcm.stages.precompute import run_precompute_stage
+        run_precompute_stage(cfg)
+        return
     from dcm.stages.distill import run_distill_stage
     for method in methods:
         run_distill_stage(cfg, method)
 
 
 def distributed_stage(command: str, cfg: DCMConfig) -> bool:
-    """Whether `dcm <command>` trains here (and may run on several processes): distillation, and the toy
-    teacher trained from scratch; recording a real teacher or installing the shipped one does not."""
-    if command == "distill":
+    """Whether `dcm <command>` has work to spread over processes: distillation, precompute, and the toy teacher
+    trained from scratch (recording a real teacher or installing the shipped one has none)."""
+    if command in ("distill", "precompute"):
         return True
     return command == "teacher" and cfg.teacher.family == "toy" and cfg.teacher.toy.init == "scratch"
 
