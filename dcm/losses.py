@@ -35,8 +35,24 @@ def hinge_generator(fake_logits: list[torch.Tensor]) -> torch.Tensor:
 
 def hinge_discriminator(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
     """Mean over heads of mean(relu(1 − D(real))) + mean(relu(1 + D(fake)))."""
-    return torch.stack([F.relu(1.0 - real.float()).mean() + F.relu(1.0 + fake.float()).mean()
-                        for real, fake in zip(real_logits, fake_logits, strict=True)]).mean()
+    real, fake = hinge_terms(real_logits, fake_logits)
+    return real + fake
+
+
+def hinge_terms(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator hinge's two halves, each a mean over heads: mean(relu(1 − D(real))) and
+    mean(relu(1 + D(fake))). Both are 1 for a discriminator that outputs 0 everywhere (at chance)."""
+    pairs = list(zip(real_logits, fake_logits, strict=True))
+    real = torch.stack([F.relu(1.0 - r.float()).mean() for r, _ in pairs]).mean()
+    fake = torch.stack([F.relu(1.0 + f.float()).mean() for _, f in pairs]).mean()
+    return real, fake
+
+
+def discriminator_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over heads of the share of logits on the right side of 0 (real > 0, fake < 0), real and fake
+    weighted equally: 0.5 is chance."""
+    return torch.stack([((r > 0).float().mean() + (f < 0).float().mean()) / 2
+                        for r, f in zip(real_logits, fake_logits, strict=True)]).mean()
 
 
 def feature_matching(fake_features: list[torch.Tensor], real_features: list[torch.Tensor]) -> torch.Tensor:

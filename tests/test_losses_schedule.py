@@ -7,7 +7,8 @@ import torch
 
 from dcm.config import ScheduleConfig
 from dcm.train.loop import lr_factor
-from dcm.losses import (feature_matching, hinge_discriminator, hinge_generator, l2, pseudo_huber,
+from dcm.losses import (discriminator_accuracy, feature_matching, hinge_discriminator, hinge_generator, hinge_terms,
+                        l2, pseudo_huber,
                         temporal_coherence)
 from dcm.schedule import (END, add_noise, euler_nodes, euler_step, expert_threshold, inference_sigmas, inner_edges,
                           nodes_above, renoise, sampling_sigmas, segment_edges, shift_sigmas, steps_per_segment,
@@ -149,6 +150,16 @@ def test_hinge_losses_by_hand():
     assert float(hinge_discriminator(real, fake)) == pytest.approx(1.5)
     # generator: mean(relu(1 − fake)) = (3 + 0)/2 = 1.5
     assert float(hinge_generator(fake)) == pytest.approx(1.5)
+    assert [float(term) for term in hinge_terms(real, fake)] == pytest.approx([0.5, 1.0])
+
+
+def test_discriminator_accuracy_by_hand():
+    real = [torch.tensor([2.0, -1.0]), torch.tensor([1.0, 1.0, 1.0, -1.0])]  # right: 1/2, 3/4
+    fake = [torch.tensor([-2.0, 1.0]), torch.tensor([-1.0, -1.0])]           # right: 1/2, 2/2
+    # heads: (0.5 + 0.5) / 2 = 0.5 and (0.75 + 1) / 2 = 0.875 → mean 0.6875
+    assert float(discriminator_accuracy(real, fake)) == pytest.approx(0.6875)
+    zeros = [torch.zeros(3)]
+    assert float(discriminator_accuracy(zeros, zeros)) == 0.0  # 0 is on neither side: no credit
 
 
 def test_feature_matching_by_hand_and_real_is_detached():

@@ -1,7 +1,8 @@
 """Discriminator heads on the frozen teacher's tapped block features (DESIGN.md §2, stage 2).
 
-One head per tapped block: a 1×1-conv stack D → hidden → hidden → 1 with GroupNorm and LeakyReLU, run
-on every latent frame's token grid. The grid (frames, rows, cols) is inferred from the latent shape and
+One head per tapped block, as the reference code has it: a 1×1 conv D → hidden with GroupNorm and
+LeakyReLU, a second hidden → hidden block added back onto its input (residual), and a 1×1 conv to one
+logit per token, run on every latent frame's token grid. The grid (frames, rows, cols) is inferred from the latent shape and
 the patch size on every call — the reference code hard-coded it and crashed at other resolutions.
 """
 
@@ -11,9 +12,6 @@ import torch
 from torch import nn
 
 from dcm.config import DiscriminatorConfig
-
-LEAKY_SLOPE = 0.2
-
 
 def tokens_to_frames(features: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
     """(B, L, D) tokens in (frame, row, col) order → (B·frames, D, rows, cols)."""
@@ -26,12 +24,23 @@ def tokens_to_frames(features: torch.Tensor, grid: tuple[int, int, int]) -> torc
     return grid_view.permute(0, 1, 4, 2, 3).reshape(batch * frames, dim, rows, cols)
 
 
-class Head(nn.Sequential):
+def conv_block(width_in: int, width_out: int, cfg: DiscriminatorConfig) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(width_in, width_out, 1), nn.GroupNorm(cfg.groups, width_out),
+                         nn.LeakyReLU(cfg.leaky_slope))
+
+
+class Head(nn.Module):
     def __init__(self, width: int, cfg: DiscriminatorConfig):
-        super().__init__(
-            nn.Conv2d(width, cfg.hidden, 1), nn.GroupNorm(cfg.groups, cfg.hidden), nn.LeakyReLU(LEAKY_SLOPE),
-            nn.Conv2d(cfg.hidden, cfg.hidden, 1), nn.GroupNorm(cfg.groups, cfg.hidden), nn.LeakyReLU(LEAKY_SLOPE),
-            nn.Conv2d(cfg.hidden, 1, 1))
+        super().__init__()
+        self.residual = cfg.residual
+        self.project = conv_block(width, cfg.hidden, cfg)
+        self.inner = conv_block(cfg.hidden, cfg.hidden, cfg)
+        self.out = nn.Conv2d(cfg.hidden, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.project(x)
+        x = self.inner(x) + x if self.residual else self.inner(x)
+        return self.out(x)
 
 
 class Discriminator(nn.Module):

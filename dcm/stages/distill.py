@@ -195,6 +195,22 @@ def _precompute_manifest(cfg: DCMConfig) -> dict:
     return manifest
 
 
+def discriminator_report(objective: ConsistencyDistillation, cfg: DCMConfig) -> dict:
+    """The detail stage's discriminator at the end of training: its real-vs-fake accuracy over the last
+    logging window, and whether that is chance (then its GAN term taught the generator nothing)."""
+    accuracy = objective.adversarial.accuracy() if objective.adversarial is not None else None
+    if accuracy is None:
+        return {}
+    disc = cfg.distill.discriminator
+    at_chance = accuracy <= disc.chance_accuracy
+    if at_chance:
+        print(f"warning: the discriminator stayed at chance (real-vs-fake accuracy {accuracy:.3f} over the last "
+              f"{len(objective.adversarial.recent_accuracy)} steps, at most distill.discriminator.chance_accuracy "
+              f"{disc.chance_accuracy}): the GAN term pushed the detail expert along an untrained critic. Raise "
+              "distill.discriminator.lr or distill.detail.steps, or set distill.adversarial: none")
+    return {"discriminator_accuracy": accuracy, "discriminator_at_chance": float(at_chance)}
+
+
 def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict], None] | None = None,
                       on_samples: Callable[[int, np.ndarray, list[dict]], None] | None = None,
                       stop_after: int | None = None) -> dict:
@@ -256,7 +272,8 @@ def run_distill_stage(cfg: DCMConfig, method: str, on_log: Callable[[int, dict],
     with torch.no_grad():
         scores, clips, prompts = sample_and_judge(cfg, reloaded, distill.sample_steps)
     tail = result.losses[-train_cfg.log_every:]
-    metrics = {"final_loss": float(np.mean(tail)), **{f"judge_{k}": v for k, v in scores.items()}}
+    metrics = {"final_loss": float(np.mean(tail)), **{f"judge_{k}": v for k, v in scores.items()},
+               **discriminator_report(objective, cfg)}
     write_model_card(out, reloaded.info, {f"{k}_{distill.sample_steps}_steps": v for k, v in metrics.items()},
                      f"the distill stage, {len(prompts)} held-out prompts", stock_placement(out))
     write_json_atomic(student_metrics_file(cfg, name), {"method": name, "steps": result.steps,

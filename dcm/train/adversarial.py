@@ -8,14 +8,35 @@ sample, with the same noise, then read by the frozen teacher with block taps.
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Callable
+
 import torch
 
 from dcm.config import DCMConfig
-from dcm.losses import feature_matching, hinge_discriminator, hinge_generator
+from dcm.losses import discriminator_accuracy, feature_matching, hinge_generator, hinge_terms
 from dcm.models.discriminator import Discriminator
 from dcm.schedule import euler_nodes, nodes_above, renoise
 from dcm.train.distributed import mean_across
 from dcm.train.loop import device_generator
+
+
+def split_gradient(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor]]:
+    """Two aliases of `pred`, one for the consistency terms and one for the adversarial ones, and a callable
+    that gives, once backward has run, the adversarial terms' share of the gradient reaching `pred`
+    (|g_adv| / (|g_adv| + |g_consistency|)): how much of the generator's update the GAN drives."""
+    norms = torch.zeros(2, device=pred.device)
+    own, adversarial = pred.view_as(pred), pred.view_as(pred)
+
+    def keep(index: int):
+        def hook(grad: torch.Tensor) -> None:  # returns None: the gradient passes unchanged
+            norms[index].copy_(grad.detach().float().norm())
+        return hook
+
+    if pred.requires_grad:
+        own.register_hook(keep(0))
+        adversarial.register_hook(keep(1))
+    return own, adversarial, lambda: norms[1] / norms.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
 class AdversarialLoss:
@@ -30,6 +51,7 @@ class AdversarialLoss:
         self.optimizer: torch.optim.Optimizer | None = None  # built when the loop asks, after it sharded the heads
         self.detail_sigmas = euler_nodes(cfg.schedule)[: cfg.distill.kappa + 1].float()
         self._pending: list[tuple] = []  # one entry per micro-batch of the step
+        self.recent_accuracy: deque[torch.Tensor] = deque(maxlen=cfg.distill.detail.log_every)
 
     def state_modules(self) -> dict:
         return {"discriminator": self.discriminator}
@@ -73,12 +95,21 @@ class AdversarialLoss:
         pending, self._pending = self._pending, []
         self.state_optimizers()["discriminator_optimizer"][1].zero_grad(set_to_none=True)  # also drops the
         # gradients the generator loss left on the heads
-        total = 0.0
+        health = torch.zeros(3, device=pending[0][0][0].device)  # hinge on real, hinge on fake, accuracy
         for fake, real, grid in pending:
             logits = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
             count = len(real[0])
-            loss = hinge_discriminator([l[:count] for l in logits], [l[count:] for l in logits]) / len(pending)
-            loss.backward()
-            total = total + loss.detach()
+            real_logits, fake_logits = [l[:count] for l in logits], [l[count:] for l in logits]
+            on_real, on_fake = hinge_terms(real_logits, fake_logits)
+            ((on_real + on_fake) / len(pending)).backward()
+            health += torch.stack([on_real.detach(), on_fake.detach(),
+                                   discriminator_accuracy(real_logits, fake_logits)]) / len(pending)
         self.optimizer.step()
-        return {"d_hinge": mean_across(total)}
+        on_real, on_fake, accuracy = mean_across(health)
+        self.recent_accuracy.append(accuracy)
+        return {"d_hinge": on_real + on_fake, "d_hinge_real": on_real, "d_hinge_fake": on_fake,
+                "d_accuracy": accuracy}
+
+    def accuracy(self) -> float | None:
+        """Real-vs-fake accuracy over the last logging window of steps (None before any step of this run)."""
+        return float(torch.stack(list(self.recent_accuracy)).mean()) if self.recent_accuracy else None

@@ -22,7 +22,7 @@ from dcm.losses import l2, pseudo_huber, temporal_coherence
 from dcm.models.dual_expert import Student
 from dcm.sampling import expand_uncond, guided_velocity
 from dcm.schedule import END, add_noise, euler_nodes, method_edges, target_node, training_nodes
-from dcm.train.adversarial import AdversarialLoss
+from dcm.train.adversarial import AdversarialLoss, split_gradient
 from dcm.train.loop import device_generator, ema_update
 
 
@@ -110,6 +110,9 @@ class ConsistencyDistillation:
                 velocity = network(x_prev[jump], sigma_prev[jump], {k: v[jump] for k, v in cond.items()}).float()
                 target[jump] = x_prev[jump] + per_sample(sigma_e[jump] - sigma_prev[jump], velocity) * velocity
 
+        share = None
+        if self.adversarial is not None:  # one alias per term: their gradients are measured apart
+            pred, adversarial_pred, share = split_gradient(pred)
         consistency = (pseudo_huber(pred, target, distill.huber_c) if distill.loss == "pseudo_huber"
                        else l2(pred, target))
         coherence = temporal_coherence(pred, target, distill.tc_stride)  # logged by every method
@@ -117,10 +120,10 @@ class ConsistencyDistillation:
         total = consistency + tc_weight * coherence
         logs = {"consistency": consistency.detach(), "temporal_coherence": coherence.detach()}
         if self.adversarial is not None:
-            adversarial, adv_logs = self.adversarial.generator_loss(pred, target, edges, sigma_e, cond, generator,
-                                                                    count, part)
+            adversarial, adv_logs = self.adversarial.generator_loss(adversarial_pred, target, edges, sigma_e, cond,
+                                                                    generator, count, part)
             total = total + adversarial
-            logs |= adv_logs
+            logs |= adv_logs | {"gan_grad_share": share}
         return total, logs
 
     def after_step(self) -> dict[str, torch.Tensor]:

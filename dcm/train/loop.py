@@ -6,7 +6,8 @@ A method supplies `module` (what trains: its parameters with requires_grad) and
 computes the loss of the samples in `part` (a slice); optionally `after_step() -> logs` (run after the
 optimiser step, e.g. a discriminator step), `state_modules()` / `state_optimizers()` (extra state that
 checkpoints carry; optimisers as (module, optimiser), built when first asked, after sharding) and
-`frozen_modules()` (models read but not trained, e.g. the teacher). Logs are detached tensors (or floats):
+`frozen_modules()` (models read but not trained, e.g. the teacher). Logs are detached tensors or floats,
+or callables read after backward (gradient measurements):
 the loop reads them only on logging steps, since each read of a GPU value stalls the GPU queue. Every
 random draw goes through the single `generator`, which is checkpointed, so a run stopped at step k and
 resumed reproduces an uninterrupted run's loss sequence exactly on CPU, on any number of processes. Under
@@ -200,7 +201,8 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                     loss, part_logs = method.loss(batch, generator, part)
                 (loss / len(parts)).backward()
                 step_loss = step_loss + loss.detach().float() / len(parts)
-                logs = {key: logs.get(key, 0.0) + value / len(parts) for key, value in part_logs.items()}
+                logs = {key: logs.get(key, 0.0) + (value() if callable(value) else value) / len(parts)
+                        for key, value in part_logs.items()}  # after backward: callables read what it measured
             grad_norm = full_value(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
             # One host sync per step for both guards and the clock (each sync stalls the GPU queue). The time
             # limit is averaged too: data-parallel ranks must agree to stop at the same step, or one would
