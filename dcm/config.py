@@ -257,6 +257,8 @@ class DiscriminatorConfig(Strict):
     hidden: int = Field(ge=1)  # 1×1-conv width (reference 1024)
     groups: int = Field(ge=1)  # GroupNorm groups; must divide `hidden`
     residual: bool  # the second conv block is added onto its input (reference: yes)
+    real: Literal["target", "data"]  # what the heads see as real: the consistency target (the reference) or
+    # the training clip itself at the same segment edge
     leaky_slope: float = Field(ge=0, lt=1)  # LeakyReLU's negative slope (reference: torch's default 0.01)
     chance_accuracy: float = Field(ge=0.5, le=1)  # real-vs-fake accuracy at or below this over the last
     # logging window: the stage reports its discriminator at chance (it taught the generator nothing)

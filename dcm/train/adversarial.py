@@ -1,9 +1,11 @@
 """The detail stage's adversarial terms (DESIGN.md §2): hinge GAN on the frozen teacher's block features
 plus feature matching through the teacher's output projection, and the discriminator's own step.
 
-Real = the consistency target, fake = the student's prediction, both pushed from the segment edge they sit
-at (the end of the trajectory, or a detail phase's edge) up to one random detail-range sigma above it per
-sample, with the same noise, then read by the frozen teacher with block taps.
+Fake = the student's prediction; real = the consistency target (the reference code) or, with
+discriminator.real = data, the training clip at the same edge. Both are pushed from the segment edge they
+sit at (the end of the trajectory, or a detail phase's edge) up to one random detail-range sigma above it
+per sample, with the same noise, then read by the frozen teacher with block taps. Feature matching pulls
+the prediction's features towards the target's.
 """
 
 from __future__ import annotations
@@ -69,10 +71,12 @@ class AdversarialLoss:
                                   if self.teacher.guidance == "embedded" else None)
         return [feature.float() for feature in captured]
 
-    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor, edges: torch.Tensor, sigma_edge: torch.Tensor,
-                       cond: dict, generator: torch.Generator, total: int, part: slice):
-        """pred/target: this process's `part` of a batch of `total` (draws are made for all of it), sitting at the
-        segment edges `edges` (node indices, END for the clean end) whose sigmas are `sigma_edge`."""
+    def generator_loss(self, pred: torch.Tensor, target: torch.Tensor, real: torch.Tensor, edges: torch.Tensor,
+                       sigma_edge: torch.Tensor, cond: dict, generator: torch.Generator, total: int, part: slice):
+        """pred, target (the consistency target) and real (what the heads see as real: the target itself, or the
+        training clips): this process's `part` of a batch of `total` (draws are made for all of it), sitting at
+        the segment edges `edges` (node indices, END for the clean end) whose sigmas are `sigma_edge`. Feature
+        matching always pulls towards the target."""
         distill, device = self.cfg.distill, pred.device
         uniform = torch.rand(total, generator=generator)[part]
         sigma = self.detail_sigmas[nodes_above(edges, uniform, len(self.detail_sigmas))].to(device)
@@ -81,12 +85,13 @@ class AdversarialLoss:
         grid = self.teacher.token_grid(tuple(pred.shape))
         fake = self.features(renoise(pred, noise, sigma_edge, sigma), sigma, cond)
         with torch.no_grad():
-            real = self.features(renoise(target, noise, sigma_edge, sigma), sigma, cond)
+            matched = self.features(renoise(target, noise, sigma_edge, sigma), sigma, cond)
+            seen = matched if real is target else self.features(renoise(real, noise, sigma_edge, sigma), sigma, cond)
         hinge = hinge_generator(self.discriminator(fake, grid))
         matching = feature_matching([self.teacher.project_features(f) for f in fake],
-                                    [self.teacher.project_features(r) for r in real])
+                                    [self.teacher.project_features(r) for r in matched])
         loss = distill.adv_weight * (distill.generator_weight * hinge + distill.fm_weight * matching)
-        self._pending.append(([f.detach() for f in fake], real, grid))
+        self._pending.append(([f.detach() for f in fake], seen, grid))
         return loss, {"g_hinge": hinge.detach(), "feature_matching": matching.detach()}
 
     def discriminator_step(self) -> dict[str, torch.Tensor]:

@@ -93,6 +93,15 @@ class ConsistencyDistillation:
     def frozen_modules(self) -> list:
         return [self.teacher.transformer]
 
+    def data_at(self, samples: list[dict], sigma: torch.Tensor, generator: torch.Generator, total: int,
+                part: slice) -> torch.Tensor:
+        """The training clips themselves, noised to each sample's segment edge `sigma` (clean at the end):
+        what the discriminator sees as real with discriminator.real = data."""
+        latents = stack(samples, "latents", self.device)
+        noise = torch.randn((total, *latents.shape[1:]), generator=device_generator(generator, self.device),
+                            device=self.device)[part]
+        return add_noise(latents, noise, sigma)
+
     def loss(self, batch: list[dict], generator: torch.Generator, part: slice):
         distill = self.cfg.distill
         count = len(batch)  # draws for all `count` samples, work on `part`
@@ -120,8 +129,10 @@ class ConsistencyDistillation:
         total = consistency + tc_weight * coherence
         logs = {"consistency": consistency.detach(), "temporal_coherence": coherence.detach()}
         if self.adversarial is not None:
-            adversarial, adv_logs = self.adversarial.generator_loss(adversarial_pred, target, edges, sigma_e, cond,
-                                                                    generator, count, part)
+            real = (target if distill.discriminator.real == "target"
+                    else self.data_at(batch[part], sigma_e, generator, count, part))
+            adversarial, adv_logs = self.adversarial.generator_loss(adversarial_pred, target, real, edges, sigma_e,
+                                                                    cond, generator, count, part)
             total = total + adversarial
             logs |= adv_logs | {"gan_grad_share": share}
         return total, logs
