@@ -32,6 +32,9 @@ DIRECTION_VECTORS: dict[str, tuple[float, float]] = {
     "still": (0.0, 0.0),
 }
 SHAPE_NAMES = ("circle", "square", "triangle", "diamond")
+# Object surfaces of the textured profile (dcm/data/shapes.py draws them, dcm/eval/texture.py judges them):
+# plain, vertical stripes, a checkerboard, per-pixel speckle.
+TEXTURE_NAMES = ("plain", "striped", "checked", "speckled")
 # VBench dimensions that run in custom_input mode (own prompts and videos); dcm/eval/vbench_weights.py names
 # the checkpoints each one reads, and a test keeps the two lists equal.
 VBENCH_DIMENSIONS = ("temporal_flickering", "motion_smoothness", "dynamic_degree", "subject_consistency",
@@ -61,9 +64,15 @@ class ShapesConfig(Strict):
     min_contrast: float = Field(gt=0)  # RGB distance (0..sqrt(3)) between object and background
     supersample: int = Field(ge=1)  # sub-pixel samples per axis for anti-aliased edges
     holdout: list[str]  # "colour shape" pairs kept out of the train split
+    textures: list[str]  # object surfaces drawn per clip and named in its caption; [] = plain, no word
+    texture_amplitude: float = Field(gt=0, lt=1)  # a texture's dark parts: the colour times (1 − amplitude)
+    texture_period: float = Field(gt=0)  # pixels per stripe/check cycle (half dark, half light)
 
     @model_validator(mode="after")
     def _check(self) -> ShapesConfig:
+        for name in self.textures:
+            if name not in TEXTURE_NAMES:
+                raise ValueError(f"texture {name!r} is not one of {list(TEXTURE_NAMES)}")
         for name in self.shapes:
             if name not in SHAPE_NAMES:
                 raise ValueError(f"shape {name!r} is not one of {list(SHAPE_NAMES)}")
@@ -141,6 +150,9 @@ class JudgeConfig(Strict):
     area_variation: tuple[float, float]  # coefficient of variation of the object's area across frames
     colour_drift: tuple[float, float]  # largest per-frame deviation from the clip's object colour
     path_jitter: tuple[float, float]  # RMS distance of centroids from a straight constant-speed path
+    texture_strength: tuple[float, float]  # std of the object's shading: plain at or below the first,
+    # fully textured at or above the second (textured profile only)
+    texture_temperature: float = Field(gt=0)  # softmax over squared distances of the shading's correlations
 
 
 class ScheduleConfig(Strict):
@@ -202,7 +214,8 @@ class ToyTextConfig(Strict):
 
 
 class ToyTeacherConfig(Strict):
-    init: Literal["pretrained", "scratch"]  # pretrained: install the packed teacher in `pretrained`; scratch: train one
+    init: Literal["pretrained", "scratch", "finetune"]  # pretrained: install the packed teacher in `pretrained`;
+    # scratch: train one; finetune: train one starting from `pretrained`'s weights (a new domain, e.g. textures)
     pretrained: str = Field(min_length=1)  # a packed teacher folder (weights/README.md); a DVC dependency either way
     model: ToyModelConfig
     text: ToyTextConfig
@@ -211,6 +224,11 @@ class ToyTeacherConfig(Strict):
     min_sigma: float = Field(gt=0, le=1)  # floor of s in v = (x_s − x̂0)/s when prediction is x0
     logit_mean: float
     logit_std: float = Field(gt=0)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the teacher stage trains (from scratch or from the packed teacher) rather than installs."""
+        return self.init != "pretrained"
     train: TrainConfig
 
 
@@ -333,6 +351,7 @@ class EvaluateConfig(Strict):
     latency_repeats: int = Field(ge=1)  # timed generations per model; the median is reported
     device: str
     grid_prompts: int = Field(ge=1)  # rows of the sample grid
+    wait_for_ranks_s: float = Field(gt=0)  # several workers: how long one waits for a row another computes
     vbench: VBenchConfig
 
 

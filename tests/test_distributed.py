@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from dcm.errors import StoppedEarly
+from dcm.io import read_json
 from dcm.stages.shard import run_shard_stage
 from dcm.stages.distill import run_distill_stage
 from dcm.stages.teacher import run_teacher_stage
@@ -123,20 +124,33 @@ def test_micro_batches_take_the_step_of_the_whole_batch(make_config):
 
 
 def test_dvc_repro_on_two_processes_per_machine(tmp_path, prefect_api):
-    """distributed.nproc_per_node: 2 and plain `dvc repro`: each training stage ran on two workers, and still
-    made exactly one Prefect flow run and one MLflow run. A worker's error fails the command with its message."""
+    """distributed.nproc_per_node: 2 and plain `dvc repro`: each training stage ran on two workers (precompute
+    and evaluate split their work), and still made exactly one Prefect flow run and one MLflow run; the
+    evaluation equals one process's. A worker's error fails the command with its message."""
     project = copy_project(tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["distributed"]["nproc_per_node"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    done = dvc(project, "repro", "distill_detail")
+    done = dvc(project, "repro", "evaluate")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [stage_runs(project, stage) for stage in STAGES[:5]] == [1, 1, 1, 1, 1]
-    assert [len(flow_runs(prefect_api, flow, project)) for flow in ("teacher", "precompute", "distill")] == [1, 1, 2]
+    assert [stage_runs(project, stage) for stage in STAGES[:6]] == [1, 1, 1, 1, 1, 1]
+    assert [len(flow_runs(prefect_api, flow, project))
+            for flow in ("teacher", "precompute", "distill", "evaluate")] == [1, 1, 2, 1]
     for stage in ("teacher", "semantic", "detail"):
         newest = latest_checkpoint(project / "data" / "checkpoints" / stage)
         assert read_state(newest)["world_size"] == 2 and len(list((newest / SHARDS).glob("*.safetensors"))) == 2
     assert (project / "data" / "students" / "dcm" / "detail" / "pytorch_lora_weights.safetensors").is_file()
+    single = run_in(project, "dcm", "evaluate", "-S", "distributed.nproc_per_node=1", "-S", "evaluate.out_dir=data/eval1")
+    assert single.returncode == 0, single.stderr[-3000:]
+    split, whole = (read_json(project / "data" / folder / "metrics.json") for folder in ("eval", "eval1"))
+    rows = [key for key, value in whole.items() if isinstance(value, dict) and "judge_overall" in value]
+    assert len(rows) >= 3 and sorted(rows) == sorted(k for k, v in split.items() if isinstance(v, dict) and "judge_overall" in v)
+    for row in rows:  # the same clips and scores; only the clocks differ, and vbench's scores by the lossy mp4
+        # encoding it reads (1e-4 relative, measured: the encoder's output depends on its threads)
+        exact = lambda metrics: {k: v for k, v in metrics.items() if not k.startswith(("latency_s", "speedup", "vbench"))}
+        assert exact(split[row]) == pytest.approx(exact(whole[row]))
+        assert {k: v for k, v in split[row].items() if k.startswith("vbench")} == pytest.approx(
+            {k: v for k, v in whole[row].items() if k.startswith("vbench")}, rel=1e-3)
 
     failed = run_in(project, "dcm", "teacher", "-S", "teacher.toy.train.batch_size=3")
     assert failed.returncode == 1

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import av
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from dcm.config import ConfigError
 from dcm.stages.shard import run_shard_stage
 from dcm.errors import StageError
+from dcm.models.packed import unpack_verified
 from dcm.models.toy import ToyFamily
 from dcm.stages.teacher import run_teacher_stage
 from tests.conftest import REPO, TINY_TEACHER
@@ -84,6 +86,25 @@ def test_the_shipped_teacher_is_installed_checked_and_scored(make_config):
     assert result["metrics"]["pretrained_judge_overall"] == record["metrics"]["judge_overall"] > 0.9
     assert 0 <= result["metrics"]["judge_overall"] <= 1 and manifest["eval_prompts"] == 2
     assert ToyFamily.load(f"{cfg.teacher.out_dir}/model", 16).transformer.config.num_layers == 8
+
+
+def test_finetune_starts_from_the_shipped_teacher(make_config):
+    """init: finetune trains (one step at a negligible lr here) from the packed teacher's weights, not from a
+    fresh initialisation, and records which teacher it started from."""
+    cfg = make_config("teacher.toy.init=finetune", "teacher.toy.train.steps=1", "teacher.toy.train.batch_size=2",
+                      "teacher.toy.train.lr=1e-9", "teacher.toy.train.warmup_steps=0", "teacher.toy.train.device=cpu",
+                      "teacher.toy.train.shuffle_buffer=4", "teacher.sampling.eval_prompts=0")
+    run_shard_stage(cfg)
+    result = run_teacher_stage(cfg)
+    record = json.loads((SHIPPED / "teacher_metrics.json").read_text())
+    assert result["manifest"]["finetuned_from"]["content_hash"] == record["content_hash"]
+    assert result["manifest"]["content_hash"] != record["content_hash"]  # trained on, however little
+    tuned = ToyFamily.load(f"{cfg.teacher.out_dir}/model", 16).transformer.state_dict()
+    unpack_verified(SHIPPED, Path(cfg.teacher.out_dir) / "shipped")
+    shipped = ToyFamily.load(Path(cfg.teacher.out_dir) / "shipped", 16).transformer.state_dict()
+    fresh = ToyFamily.build(cfg, cfg.seed).transformer.state_dict()
+    assert max((tuned[k] - shipped[k]).abs().max().item() for k in tuned) < 1e-5
+    assert max((fresh[k] - shipped[k]).abs().max().item() for k in fresh) > 0.1
 
 
 def test_a_shipped_teacher_of_another_architecture_or_damaged_is_refused(tmp_path, make_config):

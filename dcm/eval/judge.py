@@ -16,8 +16,9 @@ from scipy import ndimage
 
 from dcm.config import DIRECTION_VECTORS, DataConfig, JudgeConfig
 from dcm.data.shapes import shape_coverage
+from dcm.eval.texture import texture_features, texture_probabilities
 
-SUB_SCORES = ("colour", "shape", "motion", "background", "object", "coherence")
+SUB_SCORES = ("colour", "shape", "motion", "background", "object", "coherence")  # and texture, where textured
 EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
@@ -96,28 +97,56 @@ def background_estimate(clip: np.ndarray, border: float) -> tuple[np.ndarray, fl
     return colour, spread
 
 
-def find_object(frame: np.ndarray, background: np.ndarray, cfg: JudgeConfig) -> FrameObject | None:
+def lit_colour(frame: np.ndarray, blob: np.ndarray) -> np.ndarray:
+    """A textured object's own colour: inside the blob (a pixel in from its edge, which blends with the
+    background), the median of the brightest tenth along the blob's hue. Texture only darkens, and a
+    stripe moving by part of a pixel leaves pixels between lit and dark."""
+    inner = ndimage.binary_erosion(blob)
+    pixels = frame[inner] if inner.any() else frame[blob]
+    typical = np.median(pixels, axis=0)
+    brightness = pixels @ (typical / max(float(np.linalg.norm(typical)), 1e-12))
+    return np.median(pixels[brightness >= np.quantile(brightness, 0.9)], axis=0)
+
+
+def chroma_spread(pixels: np.ndarray, colour: np.ndarray) -> float:
+    """Median deviation from the colour's direction: texture's darkening keeps the hue, noise does not."""
+    unit = colour / max(float(np.linalg.norm(colour)), 1e-12)
+    return float(np.median(np.linalg.norm(pixels - np.outer(pixels @ unit, unit), axis=1)))
+
+
+def find_object(frame: np.ndarray, background: np.ndarray, cfg: JudgeConfig,
+                dark_share: float | None = None) -> FrameObject | None:
+    """The largest blob that stands out from the background. `dark_share` (the textured profile's amplitude):
+    the object may carry a texture, so its colour is that of its lit parts, its outline is drawn where the
+    dark parts still stand out by half, its holes are filled and its spread ignores shading."""
+    textured = dark_share is not None
     distance = np.linalg.norm(frame - background, axis=-1)
     seeds, count = ndimage.label(distance > cfg.foreground_threshold, structure=EIGHT_CONNECTED)
     if count == 0:
         return None
     largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(distance), seeds, range(1, count + 1))))
     inside = distance[seeds == largest]
-    core_pixels = frame[seeds == largest][inside >= np.median(inside)]
-    colour = np.median(core_pixels, axis=0)
+    if textured:
+        colour = lit_colour(frame, seeds == largest)
+    else:
+        colour = np.median(frame[seeds == largest][inside >= np.median(inside)], axis=0)
     # Half-maximum contour: blur moves edge pixels symmetrically around it, so the size survives blur.
     half = 0.5 * float(np.linalg.norm(colour - background))
-    labels, count = ndimage.label(distance > half, structure=EIGHT_CONNECTED)
+    outline = 0.5 * float(np.linalg.norm(colour * (1.0 - dark_share) - background)) if textured else half
+    labels, count = ndimage.label(distance > outline, structure=EIGHT_CONNECTED)
     if count == 0:
         return None
     sizes = ndimage.sum_labels(np.ones_like(distance), labels, range(1, count + 1))
     order = np.argsort(sizes)[::-1]
     mask = labels == 1 + order[0]
     extra = int(np.sum(sizes[order[1:]] > cfg.extra_object_ratio * sizes[order[0]]))
+    if textured:
+        mask = ndimage.binary_fill_holes(mask)
     rows, cols = np.nonzero(mask)
     core = mask & (distance > 1.5 * half)
     core_colours = frame[core] if core.any() else frame[mask]
-    spread = float(np.median(np.linalg.norm(core_colours - colour, axis=1)))
+    spread = (chroma_spread(core_colours, colour) if textured
+              else float(np.median(np.linalg.norm(core_colours - colour, axis=1))))
     return FrameObject(mask=mask, colour=colour, area=float(mask.mean()),
                        centroid=(float(cols.mean() + 0.5), float(rows.mean() + 0.5)),
                        spread=spread, extra_objects=extra)
@@ -152,9 +181,10 @@ class JudgeScores:
     object: float
     coherence: float
     overall: float
+    texture: float | None = None  # the textured profile only
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def judge_clip(clip: np.ndarray, prompt: dict, data: DataConfig, cfg: JudgeConfig) -> JudgeScores:
@@ -169,7 +199,9 @@ def judge_clip(clip: np.ndarray, prompt: dict, data: DataConfig, cfg: JudgeConfi
     bg_prob = palette_probabilities(bg, palette_of(backgrounds), cfg.background_temperature)
     background = float(bg_prob[list(backgrounds).index(prompt["background"])]) * ramp_down(bg_spread, *cfg.background_spread)
 
-    objects = [find_object(frame, bg, cfg) for frame in pixels]
+    textured = bool(data.shapes.textures)
+    dark_share = data.shapes.texture_amplitude if textured else None
+    objects = [find_object(frame, bg, cfg, dark_share) for frame in pixels]
     found = [o for o in objects if o is not None]
     n = len(objects)
     lo_area, hi_area = cfg.object_area
@@ -195,6 +227,12 @@ def judge_clip(clip: np.ndarray, prompt: dict, data: DataConfig, cfg: JudgeConfi
         coherence = 0.0
     parts = dict(colour=float(colour), shape=float(shape), motion=motion, background=background,
                  object=float(object_score), coherence=coherence)
+    if textured:  # the share of frames with an object, times the surface's probability over those frames
+        strength, correlations = texture_features(
+            [(frame, o.mask, o.colour) for frame, o in zip(pixels, objects) if o is not None],
+            data.shapes.texture_period)
+        chances = texture_probabilities(strength, correlations, cfg.texture_strength, cfg.texture_temperature)
+        parts["texture"] = len(found) / n * chances[prompt.get("texture", "plain")]
     return JudgeScores(**parts, overall=float(np.prod(list(parts.values()))))
 
 

@@ -22,7 +22,7 @@ def heldout_samples(shard_dir: str | Path, count: int) -> tuple[list[dict], np.n
         meta = sample["meta"]
         entry = {"caption": sample["caption"], "seed": int(meta.get("index", number)),
                  "heldout": bool(meta.get("heldout")),
-                 **{k: meta[k] for k in ("shape", "colour", "background", "direction") if k in meta}}
+                 **{k: meta[k] for k in ("shape", "colour", "background", "direction", "texture") if k in meta}}
         (heldout if entry["heldout"] else others).append((entry, sample["clip"]))
         if len(heldout) >= count:
             break

@@ -256,15 +256,13 @@ def run_distributed(args, argv: list[str]) -> bool:
     """Training stages on several processes (dcm/ops/launch.py): start the workers, or, in a worker of rank
     above 0, run the stage without Prefect and MLflow. True when that handled the command."""
     from dcm.ops import launch
-    if args.command not in ("teacher", "precompute", "distill"):
+    if args.command not in ("teacher", "precompute", "distill", "evaluate"):
         return False
     cfg = load_config(args.params, args.overrides)
     if not launch.distributed_stage(args.command, cfg):
         return False
     if launch.in_worker():
-        from dcm.train.distributed import init_from_env
-        rank, _ = init_from_env()
-        if rank == 0:
+        if launch.join(args.command) == 0:
             return False  # rank 0 runs the stage's flow as a single process would
         launch.run_on_other_ranks(args.command, cfg, launch.methods_of(getattr(args, "method", []), cfg))
         return True

@@ -1,9 +1,9 @@
 """Worker processes for the GPU-heavy stages, started by the stage command itself.
 
-`dcm teacher`, `dcm precompute` and `dcm distill ...` with distributed.nproc_per_node × nnodes above 1 start
-that many workers through torchrun's elastic launcher, each running the same command. Rank 0 runs the
+`dcm teacher`, `dcm precompute`, `dcm distill ...` and `dcm evaluate` with distributed.nproc_per_node × nnodes
+above 1 start that many workers through torchrun's elastic launcher, each running the same command. Rank 0 runs the
 stage's Prefect flow (the stage's one flow run and one MLflow run); the other ranks run the stage function
-itself, log nothing and write only their own work (checkpoint shards, precompute's shards). `dvc repro` and the Prefect deployment run the same commands, so they use
+itself, log nothing and write only their own work (checkpoint shards, precompute's shards, evaluation rows). `dvc repro` and the Prefect deployment run the same commands, so they use
 every GPU of the machine. A failed worker stops the others and fails the command with its own message.
 """
 
@@ -22,6 +22,19 @@ FAILURE_POLL_S = 0.5  # how often the launcher looks at its workers (a failure s
 def in_worker() -> bool:
     """This process was started by torchrun or by `launch` (it is one rank of a run)."""
     return "LOCAL_RANK" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def join(command: str) -> int:
+    """In a worker: this process's rank. Training stages join the process group (FSDP2 needs it);
+    precompute and evaluate share their work through files and only take their own GPU, since a process
+    group would also draw vbench's own collectives into workers that are not running them."""
+    if command in ("teacher", "distill"):
+        from dcm.train.distributed import init_from_env
+        return init_from_env()[0]
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return int(os.environ["RANK"])
 
 
 def process_count(cfg: DistributedConfig) -> int:
@@ -68,17 +81,21 @@ def run_on_other_ranks(command: str, cfg: DCMConfig, methods: list[str]) -> None
         from dcm.stages.precompute import run_precompute_stage
         run_precompute_stage(cfg)
         return
+    if command == "evaluate":  # every world-th row; rank 0 collects them and writes the report
+        from dcm.stages.evaluate import run_evaluate_stage
+        run_evaluate_stage(cfg)
+        return
     from dcm.stages.distill import run_distill_stage
     for method in methods:
         run_distill_stage(cfg, method)
 
 
 def distributed_stage(command: str, cfg: DCMConfig) -> bool:
-    """Whether `dcm <command>` has work to spread over processes: distillation, precompute, and the toy teacher
-    trained from scratch (recording a real teacher or installing the shipped one has none)."""
-    if command in ("distill", "precompute"):
+    """Whether `dcm <command>` has work to spread over processes: distillation, precompute, evaluation, and the
+    toy teacher when trained (recording a real teacher or installing the shipped one has none)."""
+    if command in ("distill", "precompute", "evaluate"):
         return True
-    return command == "teacher" and cfg.teacher.family == "toy" and cfg.teacher.toy.init == "scratch"
+    return command == "teacher" and cfg.teacher.family == "toy" and cfg.teacher.toy.trains
 
 
 def methods_of(requested: list[str], cfg: DCMConfig) -> list[str]:

@@ -10,6 +10,7 @@ Outputs in `evaluate.out_dir`: metrics.json (DVC metrics), quality.csv (DVC plot
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from dcm.stages.teacher import load_teacher, teacher_content_hash
 from dcm.train.loop import resolve_device
 
 METRICS, TABLE, VBENCH_DIR = EVAL_METRICS, TABLE_FILE, "vbench"
+ROW_POLL_S = 1.0  # how often a worker looks for a row another worker makes
 SPEC = StageSpec(
     name="evaluate", command="dcm evaluate", flow="dcm.ops.flows.evaluate",
     params=("seed", "data", "schedule", "judge", "distill.baselines", "teacher.sampling", "teacher.negative_prompt",
@@ -81,8 +83,9 @@ def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.
     return metrics
 
 
-def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict:
-    """The DCM student and the baselines listed in distill.baselines, into evaluate.out_dir."""
+def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | None = None) -> dict | None:
+    """The DCM student and the baselines listed in distill.baselines, into evaluate.out_dir. Under several
+    workers (RANK/WORLD_SIZE, as the launcher sets them) each makes every N-th row and only rank 0 returns."""
     check_weights(cfg.evaluate.vbench.dimensions)  # settings first: a missing file says so at once
     students = {name: output_folder(cfg, name) for name in ["dcm", *cfg.distill.baselines]}
     for name, folder in students.items():
@@ -90,14 +93,31 @@ def run_evaluate_stage(cfg: DCMConfig, on_result: Callable[[str, dict], None] | 
             stage = "distill_detail" if name == "dcm" else "distill_baselines"
             raise StageError(f"{folder} not found: evaluation needs the {name} student; run the distill stages "
                              f"first (dvc repro {stage})")
-    return evaluate_students(cfg, students, Path(cfg.evaluate.out_dir), on_result)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return evaluate_students(cfg, students, Path(cfg.evaluate.out_dir), on_result, rank=rank, world=world)
+
+
+def wait_for_row(rows_dir: Path, name: str, fingerprint: str, owner: int, patience_s: float) -> tuple[dict, np.ndarray]:
+    """A row another worker makes, once its files are whole (they are written atomically, record last)."""
+    deadline = time.monotonic() + patience_s
+    while (found := load_row(rows_dir, name, fingerprint)) is None:
+        if time.monotonic() > deadline:
+            raise StageError(f"evaluate: row {name} was not finished by worker rank {owner} within "
+                             "evaluate.wait_for_ranks_s; finished rows are kept, re-run to continue")
+        time.sleep(ROW_POLL_S)
+    return found
 
 
 def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
-                      on_result: Callable[[str, dict], None] | None = None, resume: bool = True) -> dict:
+                      on_result: Callable[[str, dict], None] | None = None, resume: bool = True,
+                      rank: int = 0, world: int = 1) -> dict | None:
     """Teacher vs each student folder (name → DCMPipeline folder) on the same prompts and noise. Callers
     check the vbench weights first (check_weights), before anything slow. With `resume`, rows a killed
-    run finished (same inputs, code and device) are reused from out/rows."""
+    run finished (same inputs, code and device) are reused from out/rows. With `world` workers, row i is
+    made by worker i mod world (the teacher's by rank 0, and every worker waits for it: fidelity compares
+    with it); rank 0 then collects every row from out/rows and writes the report, the others return None."""
+    if world > 1 and not resume:
+        raise ValueError("several evaluation workers share their rows through out/rows: resume must be on")
     ev, sampling = cfg.evaluate, cfg.teacher.sampling
     device = resolve_device(ev.device)
     device_name = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
@@ -110,15 +130,21 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
               "schedule": config_to_dict(cfg.schedule), "judge": config_to_dict(cfg.judge),
               "sampling": config_to_dict(sampling), "negative": cfg.teacher.negative_prompt,
               "evaluate": {k: v for k, v in config_to_dict(ev).items()
-                           if k not in ("out_dir", "student_steps", "grid_prompts")}}
+                           if k not in ("out_dir", "student_steps", "grid_prompts", "wait_for_ranks_s")}}
 
     bar = progress(1 + len(students) * len(ev.student_steps), "evaluate", "row")
+    order: list[str] = []  # rows in the order they are met: row i belongs to worker i mod world
 
     def measured(name: str, model_hash: str, load: Callable[[], object], make: Callable[[], torch.Tensor],
-                 reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
+                 reference: np.ndarray | None) -> tuple[dict, np.ndarray] | None:
         bar.update()
         bar.set_postfix_str(name)
         fingerprint = row_fingerprint(**inputs, row=name, model=model_hash)
+        owner = len(order) % world
+        order.append(name)
+        if owner != rank:  # another worker's row: rank 0 (and everyone, for the teacher's) waits for it
+            waits = rank == 0 or owner == 0
+            return wait_for_row(rows_dir, name, fingerprint, owner, ev.wait_for_ranks_s) if waits else None
         cached = load_row(rows_dir, name, fingerprint) if resume else None
         if cached is not None:
             print(f"evaluate: {name} reused from {rows_dir} (finished by an earlier run with the same inputs)")
@@ -150,7 +176,10 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                 return pipe().videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
                                      ev.batch_size)
 
-            measured_row, clips = measured(f"{name}_{steps}", model_hash, pipe, student_clips, reference)
+            made = measured(f"{name}_{steps}", model_hash, pipe, student_clips, reference)
+            if rank != 0:
+                continue  # rank 0 collects the rows
+            measured_row, clips = made
             row = {"model": name, "steps": steps, **measured_row,
                    "speedup": teacher_row["latency_s"] / measured_row["latency_s"]}
             rows.append(row)
@@ -158,6 +187,8 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
             if on_result:
                 on_result(f"{name}_{steps}", row)
     bar.close()
+    if rank != 0:
+        return None
     out.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temporaries(rows_dir)  # a row write a kill interrupted
     metrics = {f"{row['model']}_{row['steps']}": {k: v for k, v in row.items() if k not in ("model", "steps")}

@@ -54,10 +54,13 @@ SPEC = StageSpec(
     metrics=(Output(f"${{teacher.out_dir}}/{METRICS}", cache=False),))
 
 
-def toy_fingerprint(cfg: DCMConfig) -> str:
-    """What a toy-teacher checkpoint must match to be resumed: TRAINING_PARAMS and the shards."""
+def toy_fingerprint(cfg: DCMConfig, start: str | None = None) -> str:
+    """What a toy-teacher checkpoint must match to be resumed: TRAINING_PARAMS, the shards, and for a finetune
+    the content hash of the teacher it started from (`start`)."""
     values = param_values(cfg, TRAINING_PARAMS)
     values["teacher.toy"] = {k: v for k, v in values["teacher.toy"].items() if k != "train"}  # run-only keys out
+    if start is not None:
+        values["finetuned_from"] = start
     return training_fingerprint(cfg.teacher.toy.train, params=values, shards=sha256_file(shard_manifest(cfg)))
 
 
@@ -126,17 +129,36 @@ def architecture_mismatches(cfg: DCMConfig, folder: Path) -> list[str]:
     return found
 
 
-def _install_pretrained(cfg: DCMConfig, out: Path) -> dict:
-    """The packed teacher of teacher.toy.pretrained, unpacked, its hash and architecture checked, then scored
-    like a freshly trained one; its record (how it was made, its own judgement) goes into the manifest."""
+def unpack_matching(cfg: DCMConfig, tmp: Path) -> dict:
+    """teacher.toy.pretrained unpacked into `tmp` with its hash checked and its architecture compared with
+    params.yaml (a mismatch removes it and says which keys differ); returns its record."""
     source = Path(cfg.teacher.toy.pretrained)
-    tmp = out / f".tmp-{TEACHER_MODEL}"
+    shutil.rmtree(tmp, ignore_errors=True)
     record = unpack_verified(source, tmp)
     mismatches = architecture_mismatches(cfg, tmp)
     if mismatches:
         shutil.rmtree(tmp)
         raise ConfigError(f"the pretrained teacher {source} does not match params.yaml: " + "; ".join(mismatches) +
                           ". Set teacher.toy back to its architecture, or teacher.toy.init: scratch to train your own")
+    return record
+
+
+def start_from_pretrained(teacher: ToyFamily, cfg: DCMConfig, out: Path) -> str:
+    """init: finetune: the packed teacher's transformer weights as the starting point; returns its hash."""
+    tmp = out / f".tmp-finetune-source-{rank_and_world()[0]}"  # each worker unpacks its own copy
+    record = unpack_matching(cfg, tmp)
+    source = ToyFamily.load(tmp, cfg.teacher.max_text_tokens, "cpu", torch.float32)
+    teacher.transformer.load_state_dict(source.transformer.state_dict())
+    shutil.rmtree(tmp)
+    return record["content_hash"]
+
+
+def _install_pretrained(cfg: DCMConfig, out: Path) -> dict:
+    """The packed teacher of teacher.toy.pretrained, unpacked, its hash and architecture checked, then scored
+    like a freshly trained one; its record (how it was made, its own judgement) goes into the manifest."""
+    source = Path(cfg.teacher.toy.pretrained)
+    tmp = out / f".tmp-{TEACHER_MODEL}"
+    record = unpack_matching(cfg, tmp)
     shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
     tmp.rename(out / TEACHER_MODEL)
     scored = score_teacher(load_teacher(cfg, resolve_device(cfg.teacher.toy.train.device)), cfg)
@@ -164,11 +186,13 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     train_cfg = cfg.teacher.toy.train
     device = resolve_device(train_cfg.device)
     teacher = ToyFamily.build(cfg, cfg.seed)
+    # finetune: a checkpoint only resumes a run that started from the same packed teacher
+    start = start_from_pretrained(teacher, cfg, out) if cfg.teacher.toy.init == "finetune" else None
     teacher.transformer.to(device)
     stream = SampleStream(cfg.shard.dir, "train", train_cfg.shuffle_buffer, cfg.seed)
     result = train(FlowMatchingPretraining(teacher, cfg), stream, train_cfg, Path(cfg.teacher.checkpoint_dir),
                    cfg.seed, on_log=on_log, stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
-                   fingerprint=toy_fingerprint(cfg))
+                   fingerprint=toy_fingerprint(cfg, start))
     if result.stopped_early:
         raise StoppedEarly(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
                          f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to continue")
@@ -196,6 +220,8 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     manifest = {"family": "toy", "path": TEACHER_MODEL, "content_hash": folder_hash(out / TEACHER_MODEL),
                 "steps": result.steps, "metrics": metrics, "sampling": cfg.teacher.sampling.model_dump(),
                 "eval_prompts": len(scored["prompts"])}
+    if start is not None:
+        manifest["finetuned_from"] = {"folder": cfg.teacher.toy.pretrained, "content_hash": start}
     write_json_atomic(out / METRICS, metrics)
     write_json_atomic(out / MANIFEST, manifest)
     return {"manifest": manifest, "metrics": metrics, "clips": scored["clips"], "prompts": scored["prompts"],

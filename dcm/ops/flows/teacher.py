@@ -21,7 +21,7 @@ def teacher_flow(params: str = str(DEFAULT_PARAMS), overrides: list[str] | None 
     cfg = load_config(params, overrides)
     logged = {"seed": cfg.seed, "teacher": config_to_dict(cfg.teacher), "schedule": config_to_dict(cfg.schedule)}
     with stage_run(cfg.tracking, "teacher", logged, system_metrics=True) as run:
-        training = cfg.teacher.family == "toy" and cfg.teacher.toy.init == "scratch"
+        training = cfg.teacher.family == "toy" and cfg.teacher.toy.trains
         progress = StepProgress(cfg.teacher.toy.train.steps, "teacher: training steps") if training else None
 
         def on_log(step: int, metrics: dict) -> None:

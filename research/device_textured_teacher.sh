@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Issue 21 on one GPU machine, one device call: the gpu_textured profile's teacher (textured objects), fine-tuned
+# from the shipped gpu teacher (teacher.toy.init: finetune), judged on 64 held-out prompts; its tar parts go to
+# $OUT/teacher for weights/.
+#   OUT=... bash research/device_textured_teacher.sh [-S key=value ...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+out=${OUT:?set OUT}
+nvidia-smi -L
+python3 research/run_stages.py --out "$out/teacher" --work /tmp/textured --workers 14 --stages shard,teacher \
+  -S profile=gpu_textured "$@" > "$out/teacher.log" 2>&1
+echo "exit $?"
+tail -n 25 "$out/teacher.log"
