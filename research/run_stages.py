@@ -7,7 +7,9 @@ The stage functions are the ones `dvc repro` runs through Prefect; this driver o
 orchestration for a process pool (shards) and prints progress instead of logging to MLflow. It writes
 the teacher's metrics, a sample grid (PNG) and the trained teacher (tar, split into 15 MB parts) to
 --out, and for the later stages the students' metrics and the evaluation (metrics.json, report.md,
-samples.png). --teacher-parts unpacks a teacher written by an earlier call instead of training one.
+samples.png), and run.json (the overrides and the device): `dcm import-runs <out>` then logs every stage
+as an MLflow run of the project's tracking store. --teacher-parts unpacks a teacher written by an earlier
+call instead of training one.
 
 The teacher stage also runs data-parallel over every GPU of a machine (the global batch is split, the step
 is the one-process step):
@@ -87,6 +89,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     rank, world = init_from_env()
+    if rank == 0:  # what `dcm import-runs` needs to log these results as MLflow runs
+        (out / "run.json").write_text(json.dumps({"overrides": args.overrides, "stages": stages,
+                                                   "device": device_name()}, indent=2))
     if world > 1 and stages != ["teacher"]:
         parser.error("under torchrun only --stages teacher runs (shard first, in one process)")
     if "shard" in stages:
@@ -99,6 +104,12 @@ def main() -> None:
         train_teacher(cfg, overrides, args, out, work, timings, rank)
     if rank == 0:
         later(cfg, stages, out, work, timings)
+
+
+def device_name() -> str:
+    """The GPU's name, or cpu (asked in a child process: CUDA stays uninitialised in this one)."""
+    return subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() "
+                           "if torch.cuda.is_available() else 'cpu')"], capture_output=True, text=True).stdout.strip()
 
 
 def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
@@ -115,11 +126,15 @@ def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
     from dcm.stages.precompute import run_precompute_stage
     from dcm.stages.distill import run_distill_stage
 
+    curve: list[dict] = []
+
     def on_log(step: int, metrics: dict) -> None:
+        curve.append({"step": step, **metrics})
         print(step, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
 
     for stage in [s for s in STAGES[2:] if s in stages]:
         start = time.perf_counter()
+        curve.clear()
         if stage == "precompute":
             run_precompute_stage(cfg)
         elif stage == "evaluate":
@@ -130,7 +145,7 @@ def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
             print((out / "eval_report.md").read_text(), flush=True)
         else:
             result = run_distill_stage(cfg, stage, on_log=on_log)
-            kept = {k: result[k] for k in ("folder", "metrics", "losses")}
+            kept = {**{k: result[k] for k in ("folder", "metrics", "losses")}, "curve": list(curve)}
             (out / f"{stage}_metrics.json").write_text(json.dumps(kept, indent=2, default=str))
             print(stage, result["metrics"], flush=True)
         timings[f"{stage}_s"] = time.perf_counter() - start
@@ -163,9 +178,7 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
     timings["teacher_s"] = time.perf_counter() - start
     if rank != 0:  # data parallel: rank 0 exported and judged the teacher
         return
-    device = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() "
-                             "if torch.cuda.is_available() else 'cpu')"], capture_output=True, text=True).stdout.strip()
-    report = {"device": device, "overrides": args.overrides, **timings, **result["manifest"],
+    report = {"device": device_name(), "overrides": args.overrides, **timings, **result["manifest"],
               "grid_prompts": [p["caption"] for p in result["prompts"][: args.grid_rows]], "curve": curve}
     (out / "teacher_metrics.json").write_text(json.dumps(report, indent=2, default=str))
     sample_grid(result["clips"][: args.grid_rows], out / "teacher_samples.png", args.grid_frames)

@@ -155,6 +155,14 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_import_runs(args) -> int:
+    from dcm.ops.import_runs import import_results
+    for folder in args.folders:
+        for line in import_results(Path(folder), Path(args.params)):
+            print(f"{folder}: {line}")
+    return 0
+
+
 def cmd_dvc_yaml(args) -> int:
     from dcm.ops.dvcfile import render, write
     path = Path(args.params).resolve().parent / "dvc.yaml"
@@ -241,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     dvc_yaml.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
     dvc_yaml.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file; its folder is the project")
     dvc_yaml.set_defaults(func=cmd_dvc_yaml, overrides=[])
+
+    imports = commands.add_parser("import-runs", help="log results of research/run_stages.py (e.g. from a GPU "
+                                  "machine without the tracking store) as MLflow runs, one per stage")
+    imports.add_argument("folders", nargs="+", help="folders run_stages.py wrote (its --out)")
+    imports.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
+    imports.set_defaults(func=cmd_import_runs, overrides=[])
 
     demo = commands.add_parser("demo", help="a local page: a registered student beside the teacher (demo.host:demo.port)")
     _add_config_args(demo)
