@@ -283,6 +283,7 @@ class DiscriminatorConfig(Strict):
     lr: float = Field(gt=0)
     betas: tuple[float, float]
     weight_decay: float = Field(ge=0)
+    updates_per_step: int = Field(ge=1)  # the heads' optimiser steps on each generator step's features (reference: 1)
 
     @model_validator(mode="after")
     def _groups_divide(self) -> DiscriminatorConfig:

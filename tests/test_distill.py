@@ -22,6 +22,7 @@ from dcm.stages.precompute import run_precompute_stage
 from dcm.schedule import expert_threshold
 from dcm.stages.distill import finish_baselines, method_settings, run_distill_stage
 from dcm.stages.teacher import load_teacher
+from dcm.train.checkpoint import checkpoint_tensors, latest_checkpoint
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.fast
@@ -116,6 +117,18 @@ def test_detail_phases_train_a_phased_detail_expert_with_the_gan(config):
     assert pipe.edges == [-1, 1, 4]
     semantic_info = json.loads((Path(cfg.distill.out_dir) / "semantic" / "dcm_student.json").read_text())
     assert semantic_info["edges"] == [-1, 4]  # the semantic stage's output does not depend on detail phases
+
+
+def test_discriminator_takes_its_updates_on_every_generator_step(config):
+    """discriminator.updates_per_step = 3: the heads' optimiser stepped 3 times per detail step (its AdamW
+    step counts in the checkpoint), and the health is logged as before."""
+    cfg = config("distill.discriminator.updates_per_step=3", "distill.discriminator.real=data")
+    run_distill_stage(cfg, "semantic")
+    result = run_distill_stage(cfg, "detail")
+    tensors = checkpoint_tensors(latest_checkpoint(Path(cfg.distill.checkpoint_dir) / "detail"))
+    counts = {float(v) for k, v in tensors.items() if ":discriminator_optimizer/" in k and k.endswith("/step")}
+    assert counts == {3.0 * cfg.distill.detail.steps}
+    assert 0.0 <= result["metrics"]["discriminator_accuracy"] <= 1.0
 
 
 def test_detail_stage_needs_the_semantic_expert(config):

@@ -95,21 +95,25 @@ class AdversarialLoss:
         return loss, {"g_hinge": hinge.detach(), "feature_matching": matching.detach()}
 
     def discriminator_step(self) -> dict[str, torch.Tensor]:
-        """One hinge step of the heads on the features the generator step just produced (every micro-batch's;
-        FSDP averages the gradients over the processes). Real and fake go through the heads in one call."""
+        """discriminator.updates_per_step hinge steps of the heads on the features the generator step just
+        produced (every micro-batch's; FSDP averages the gradients over the processes). Real and fake go through
+        the heads in one call. The health logged is the first pass's: features the heads have not been trained
+        on yet, so it measures what they learnt rather than how well they fit this batch."""
         pending, self._pending = self._pending, []
-        self.state_optimizers()["discriminator_optimizer"][1].zero_grad(set_to_none=True)  # also drops the
-        # gradients the generator loss left on the heads
+        optimizer = self.state_optimizers()["discriminator_optimizer"][1]
         health = torch.zeros(3, device=pending[0][0][0].device)  # hinge on real, hinge on fake, accuracy
-        for fake, real, grid in pending:
-            logits = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
-            count = len(real[0])
-            real_logits, fake_logits = [l[:count] for l in logits], [l[count:] for l in logits]
-            on_real, on_fake = hinge_terms(real_logits, fake_logits)
-            ((on_real + on_fake) / len(pending)).backward()
-            health += torch.stack([on_real.detach(), on_fake.detach(),
-                                   discriminator_accuracy(real_logits, fake_logits)]) / len(pending)
-        self.optimizer.step()
+        for update in range(self.cfg.distill.discriminator.updates_per_step):
+            optimizer.zero_grad(set_to_none=True)  # the first also drops what the generator loss left on the heads
+            for fake, real, grid in pending:
+                logits = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
+                count = len(real[0])
+                real_logits, fake_logits = [l[:count] for l in logits], [l[count:] for l in logits]
+                on_real, on_fake = hinge_terms(real_logits, fake_logits)
+                ((on_real + on_fake) / len(pending)).backward()
+                if update == 0:
+                    health += torch.stack([on_real.detach(), on_fake.detach(),
+                                           discriminator_accuracy(real_logits, fake_logits)]) / len(pending)
+            optimizer.step()
         on_real, on_fake, accuracy = mean_across(health)
         self.recent_accuracy.append(accuracy)
         return {"d_hinge": on_real + on_fake, "d_hinge_real": on_real, "d_hinge_fake": on_fake,

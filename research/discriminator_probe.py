@@ -1,0 +1,107 @@
+"""Can the detail stage's discriminator tell real from fake at all? (RESULTS.md, issue 21)
+
+The generator held fixed (the semantic expert, as the detail stage starts), this collects the teacher
+features the detail stage's heads would see — fake: the student's prediction, real: the consistency
+target or the training clip (distill.discriminator.real), both re-noised the stage's way — for
+`--batches` training batches, then trains fresh heads (distill.discriminator's architecture, lr and betas)
+on most of them for `--epochs` epochs and reports hinge and accuracy on the held-out rest: per token (as the
+stage logs it) and per clip (the sign of a clip's mean logit). Heads that stay at chance here cannot learn
+in the stage either. Run inside a project that ran `make run` (it reads data/latents, data/teacher and
+data/students/semantic, and writes only under --work):
+
+    python research/discriminator_probe.py [--batches 48] [--epochs 30] [-S distill.discriminator.real=data ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from dcm.config import DEFAULT_PARAMS, load_config
+from dcm.data.latents import decode_precomputed
+from dcm.data.stream import SampleStream
+from dcm.losses import discriminator_accuracy, hinge_terms
+from dcm.models.discriminator import Discriminator
+from dcm.stages.distill import build_student
+from dcm.stages.paths import EMPTY_PROMPT
+from dcm.stages.teacher import load_teacher
+from dcm.train.consistency import ConsistencyDistillation
+
+
+def collect(cfg, batches: int) -> tuple[list, list[tuple]]:
+    """(heads' input widths, [(fake features, real features, token grid)] per training batch)."""
+    teacher = load_teacher(cfg, "cpu")
+    teacher.transformer.requires_grad_(False)
+    uncond = {k: v[None] for k, v in load_file(Path(cfg.precompute.dir) / EMPTY_PROMPT).items()}
+    torch.manual_seed(cfg.seed)
+    objective = ConsistencyDistillation(build_student(cfg, "detail", teacher, "cpu"), teacher, cfg, "detail", uncond)
+    stream = SampleStream(cfg.precompute.dir, "train", cfg.distill.detail.shuffle_buffer, cfg.seed,
+                          decode=decode_precomputed).batches(cfg.distill.detail.batch_size)
+    generator, pool = torch.Generator().manual_seed(cfg.seed), []
+    for _ in range(batches):
+        batch = next(stream)
+        with torch.no_grad():
+            objective.loss(batch, generator, slice(0, len(batch)))
+        pool.extend(objective.adversarial._pending)
+        objective.adversarial._pending = []
+    widths = [feature.shape[-1] for feature in pool[0][0]]
+    return widths, pool
+
+
+def evaluate(heads: Discriminator, pool: list[tuple]) -> dict[str, float]:
+    hinge, token, clip = 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for fake, real, grid in pool:
+            logits = heads([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
+            count = len(real[0])
+            real_logits, fake_logits = [l[:count] for l in logits], [l[count:] for l in logits]
+            on_real, on_fake = hinge_terms(real_logits, fake_logits)
+            hinge += float(on_real + on_fake)
+            token += float(discriminator_accuracy(real_logits, fake_logits))
+            per_clip = torch.stack([l.flatten(1).mean(1) for l in logits]).mean(0)  # mean over heads and tokens
+            clip += float(((per_clip[:count] > 0).float().mean() + (per_clip[count:] < 0).float().mean()) / 2)
+    return {"hinge": hinge / len(pool), "token_accuracy": token / len(pool), "clip_accuracy": clip / len(pool)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/dprobe"))
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS))
+    parser.add_argument("--batches", type=int, default=48)
+    parser.add_argument("--held-out", type=int, default=12, help="batches kept out of the heads' training")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("-S", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    (args.work / "students").mkdir(parents=True)
+    base = load_config(args.params, args.overrides)
+    shutil.copytree(Path(base.distill.out_dir) / "semantic", args.work / "students" / "semantic")
+    cfg = load_config(args.params, [*args.overrides, f"distill.out_dir={args.work / 'students'}"])
+    widths, pool = collect(cfg, args.batches)
+    train, held_out = pool[: -args.held_out], pool[-args.held_out:]
+    disc = cfg.distill.discriminator
+    torch.manual_seed(cfg.seed)
+    heads = Discriminator(widths, disc)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=disc.lr, betas=disc.betas, weight_decay=disc.weight_decay)
+    print(f"real = {disc.real}, lr {disc.lr}, {len(train)} training and {len(held_out)} held-out batches of "
+          f"{cfg.distill.detail.batch_size}")
+    print("epoch 0 held-out", {k: round(v, 4) for k, v in evaluate(heads, held_out).items()}, flush=True)
+    for epoch in range(1, args.epochs + 1):
+        for fake, real, grid in train:
+            optimizer.zero_grad(set_to_none=True)
+            logits = heads([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
+            count = len(real[0])
+            on_real, on_fake = hinge_terms([l[:count] for l in logits], [l[count:] for l in logits])
+            (on_real + on_fake).backward()
+            optimizer.step()
+        if epoch % max(1, args.epochs // 10) == 0 or epoch == args.epochs:
+            print(f"epoch {epoch} train", {k: round(v, 4) for k, v in evaluate(heads, train).items()},
+                  "held-out", {k: round(v, 4) for k, v in evaluate(heads, held_out).items()}, flush=True)
+
+
+if __name__ == "__main__":
+    main()
