@@ -119,16 +119,19 @@ def test_detail_phases_train_a_phased_detail_expert_with_the_gan(config):
     assert semantic_info["edges"] == [-1, 4]  # the semantic stage's output does not depend on detail phases
 
 
-def test_discriminator_takes_its_updates_on_every_generator_step(config):
+def test_discriminator_takes_its_updates_on_every_generator_step(config, capsys):
     """discriminator.updates_per_step = 3: the heads' optimiser stepped 3 times per detail step (its AdamW
-    step counts in the checkpoint), and the health is logged as before."""
-    cfg = config("distill.discriminator.updates_per_step=3", "distill.discriminator.real=data")
+    step counts in the checkpoint). A stage whose heads end at or below chance_accuracy (here 1.0: always) says
+    so in its log and metrics."""
+    cfg = config("distill.discriminator.updates_per_step=3", "distill.discriminator.chance_accuracy=1.0")
     run_distill_stage(cfg, "semantic")
     result = run_distill_stage(cfg, "detail")
     tensors = checkpoint_tensors(latest_checkpoint(Path(cfg.distill.checkpoint_dir) / "detail"))
     counts = {float(v) for k, v in tensors.items() if ":discriminator_optimizer/" in k and k.endswith("/step")}
     assert counts == {3.0 * cfg.distill.detail.steps}
     assert 0.0 <= result["metrics"]["discriminator_accuracy"] <= 1.0
+    assert result["metrics"]["discriminator_at_chance"] == 1.0
+    assert "the discriminator stayed at chance" in capsys.readouterr().out
 
 
 def test_detail_stage_needs_the_semantic_expert(config):

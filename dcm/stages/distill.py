@@ -207,7 +207,8 @@ def discriminator_report(objective: ConsistencyDistillation, cfg: DCMConfig) -> 
         print(f"warning: the discriminator stayed at chance (real-vs-fake accuracy {accuracy:.3f} over the last "
               f"{len(objective.adversarial.recent_accuracy)} steps, at most distill.discriminator.chance_accuracy "
               f"{disc.chance_accuracy}): the GAN term pushed the detail expert along an untrained critic. Raise "
-              "distill.discriminator.lr or distill.detail.steps, or set distill.adversarial: none")
+              "distill.detail.steps, distill.discriminator.lr or updates_per_step (with real: data; the target "
+              "as real stays at chance), or set distill.adversarial: none")
     return {"discriminator_accuracy": accuracy, "discriminator_at_chance": float(at_chance)}
 
 
