@@ -5,10 +5,7 @@
 #   OUT=... bash research/device_default_budget.sh "name:semantic_steps:detail_steps:batch" ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-out=${OUT:?set OUT}
-nvidia-smi -L
+source research/device_env.sh
 for budget in "$@"; do
   IFS=: read -r name semantic detail batch <<< "$budget"
   python3 research/run_stages.py --out "$out/$name" --work "/tmp/$name" --workers 4 --teacher-parts weights/toy-teacher-gpu \

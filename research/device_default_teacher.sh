@@ -8,10 +8,7 @@
 set -uo pipefail
 limit=${1:?teacher time limit in seconds}; shift
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-out=${OUT:?set OUT}
-nvidia-smi -L
+source research/device_env.sh
 cpu=(-S data.shapes.train_samples=2048 -S data.shapes.val_samples=256 -S distill.baselines=[]
      -S evaluate.prompts=64 -S evaluate.student_steps=[4] -S evaluate.latency_repeats=1 -S evaluate.batch_size=64)
 for stage in semantic detail; do cpu+=(-S distill.$stage.precision=fp32 -S distill.$stage.batch_size=8); done

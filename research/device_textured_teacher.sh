@@ -5,10 +5,7 @@
 #   OUT=... bash research/device_textured_teacher.sh [-S key=value ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-out=${OUT:?set OUT}
-nvidia-smi -L
+source research/device_env.sh
 python3 research/run_stages.py --out "$out/teacher" --work /tmp/textured --workers 14 --stages shard,teacher \
   -S profile=gpu_textured "$@" > "$out/teacher.log" 2>&1
 echo "exit $?"

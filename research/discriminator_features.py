@@ -11,19 +11,14 @@ spread of the real features across samples and across tokens.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from dcm.config import DEFAULT_PARAMS, load_config
+from dcm.config import DEFAULT_PARAMS
 from dcm.data.latents import decode_precomputed
 from dcm.data.stream import SampleStream
-from dcm.stages.distill import build_student
-from dcm.stages.paths import EMPTY_PROMPT
-from dcm.stages.teacher import load_teacher
-from dcm.train.consistency import ConsistencyDistillation
+from discriminator_probe import detail_objective  # research/ is the script's folder, first on sys.path
 
 
 def main() -> None:
@@ -32,17 +27,7 @@ def main() -> None:
     parser.add_argument("--params", default=str(DEFAULT_PARAMS))
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
-    (args.work / "students").mkdir(parents=True)
-    base = load_config(args.params, args.overrides)
-    shutil.copytree(Path(base.distill.out_dir) / "semantic", args.work / "students" / "semantic")
-    cfg = load_config(args.params, [*args.overrides, f"distill.out_dir={args.work / 'students'}"])
-    device = torch.device("cpu")
-    teacher = load_teacher(cfg, device)
-    teacher.transformer.requires_grad_(False)
-    uncond = {k: v[None] for k, v in load_file(Path(cfg.precompute.dir) / EMPTY_PROMPT).items()}
-    torch.manual_seed(cfg.seed)
-    objective = ConsistencyDistillation(build_student(cfg, "detail", teacher, device), teacher, cfg, "detail", uncond)
+    cfg, objective = detail_objective(args.work, args.params, args.overrides)
     batch = next(SampleStream(cfg.precompute.dir, "train", cfg.distill.detail.shuffle_buffer, cfg.seed,
                               decode=decode_precomputed).batches(cfg.distill.detail.batch_size))
     objective.loss(batch, torch.Generator().manual_seed(cfg.seed), slice(0, len(batch)))

@@ -32,13 +32,23 @@ from dcm.stages.teacher import load_teacher
 from dcm.train.consistency import ConsistencyDistillation
 
 
-def collect(cfg, batches: int) -> tuple[list, list[tuple]]:
-    """(heads' input widths, [(fake features, real features, token grid)] per training batch)."""
+def detail_objective(work: Path, params: str, overrides: list[str]):
+    """(config, the detail stage's objective at its start) on CPU, with the project's semantic expert copied
+    under `work` (nothing else of the project is written)."""
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "students").mkdir(parents=True)
+    base = load_config(params, overrides)
+    shutil.copytree(Path(base.distill.out_dir) / "semantic", work / "students" / "semantic")
+    cfg = load_config(params, [*overrides, f"distill.out_dir={work / 'students'}"])
     teacher = load_teacher(cfg, "cpu")
     teacher.transformer.requires_grad_(False)
     uncond = {k: v[None] for k, v in load_file(Path(cfg.precompute.dir) / EMPTY_PROMPT).items()}
     torch.manual_seed(cfg.seed)
-    objective = ConsistencyDistillation(build_student(cfg, "detail", teacher, "cpu"), teacher, cfg, "detail", uncond)
+    return cfg, ConsistencyDistillation(build_student(cfg, "detail", teacher, "cpu"), teacher, cfg, "detail", uncond)
+
+
+def collect(cfg, objective, batches: int) -> tuple[list, list[tuple]]:
+    """(heads' input widths, [(fake features, real features, token grid)] per training batch)."""
     stream = SampleStream(cfg.precompute.dir, "train", cfg.distill.detail.shuffle_buffer, cfg.seed,
                           decode=decode_precomputed).batches(cfg.distill.detail.batch_size)
     generator, pool = torch.Generator().manual_seed(cfg.seed), []
@@ -76,12 +86,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
-    (args.work / "students").mkdir(parents=True)
-    base = load_config(args.params, args.overrides)
-    shutil.copytree(Path(base.distill.out_dir) / "semantic", args.work / "students" / "semantic")
-    cfg = load_config(args.params, [*args.overrides, f"distill.out_dir={args.work / 'students'}"])
-    widths, pool = collect(cfg, args.batches)
+    cfg, objective = detail_objective(args.work, args.params, args.overrides)
+    widths, pool = collect(cfg, objective, args.batches)
     train, held_out = pool[: -args.held_out], pool[-args.held_out:]
     disc = cfg.distill.discriminator
     torch.manual_seed(cfg.seed)

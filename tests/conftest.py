@@ -170,3 +170,10 @@ def prefect_api(prefect_server):
         os.environ.pop("PREFECT_API_URL", None)
     else:
         os.environ["PREFECT_API_URL"] = previous
+
+
+def ground_truth_clips(data, count: int) -> list[tuple]:
+    """(clip, prompted attributes) of the first `count` val clips of a held-out seed: what a perfect model draws."""
+    from dcm.data.shapes import make_sample, prompt_attributes
+    return [(clip, prompt_attributes(sample.metadata()))
+            for sample, clip in (make_sample(123, "val", i, data) for i in range(count))]

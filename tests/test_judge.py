@@ -12,9 +12,8 @@ import pytest
 from scipy import ndimage
 
 from dcm.config import load_config
-from dcm.data.shapes import make_sample, prompt_attributes
 from dcm.eval.judge import judge_clip, palette_probabilities, ramp_down, ramp_up, shape_moments
-from tests.conftest import REPO
+from tests.conftest import REPO, ground_truth_clips
 
 pytestmark = pytest.mark.fast
 
@@ -28,11 +27,7 @@ def judged(clips_and_prompts):
 
 @pytest.fixture(scope="module")
 def truth():
-    out = []
-    for i in range(N):
-        sample, clip = make_sample(123, "val", i, CFG.data)
-        out.append((clip, prompt_attributes(sample.metadata())))
-    return out
+    return ground_truth_clips(CFG.data, N)
 
 
 def test_ramps():

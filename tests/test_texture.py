@@ -11,10 +11,10 @@ import pytest
 from scipy import ndimage
 
 from dcm.config import TEXTURE_NAMES, load_config
-from dcm.data.shapes import draw_sample, make_sample, prompt_attributes, texture_shade
+from dcm.data.shapes import draw_sample, texture_shade
 from dcm.eval.judge import judge_clip
 from dcm.eval.texture import SIGNATURES, lag_correlation, shading, texture_probabilities
-from tests.conftest import REPO
+from tests.conftest import REPO, ground_truth_clips
 
 pytestmark = pytest.mark.fast
 
@@ -24,11 +24,7 @@ N = 60
 
 @pytest.fixture(scope="module")
 def truth():
-    out = []
-    for i in range(N):
-        sample, clip = make_sample(123, "val", i, CFG.data)
-        out.append((clip, prompt_attributes(sample.metadata())))
-    return out
+    return ground_truth_clips(CFG.data, N)
 
 
 def judged(pairs, key="overall"):
