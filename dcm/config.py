@@ -153,6 +153,8 @@ class JudgeConfig(Strict):
     texture_strength: tuple[float, float]  # std of the object's shading: plain at or below the first,
     # fully textured at or above the second (textured profile only)
     texture_temperature: float = Field(gt=0)  # softmax over squared distances of the shading's correlations
+    lit_quantile: float = Field(ge=0, lt=1)  # a textured object's colour: the median of its pixels above this
+    # brightness quantile (its lit parts)
 
 
 class ScheduleConfig(Strict):

@@ -97,15 +97,15 @@ def background_estimate(clip: np.ndarray, border: float) -> tuple[np.ndarray, fl
     return colour, spread
 
 
-def lit_colour(frame: np.ndarray, blob: np.ndarray) -> np.ndarray:
+def lit_colour(frame: np.ndarray, blob: np.ndarray, quantile: float) -> np.ndarray:
     """A textured object's own colour: inside the blob (a pixel in from its edge, which blends with the
-    background), the median of the brightest tenth along the blob's hue. Texture only darkens, and a
-    stripe moving by part of a pixel leaves pixels between lit and dark."""
+    background), the median of the pixels above `quantile` in brightness along the blob's hue. Texture only
+    darkens, and a stripe moving by part of a pixel leaves pixels between lit and dark."""
     inner = ndimage.binary_erosion(blob)
     pixels = frame[inner] if inner.any() else frame[blob]
     typical = np.median(pixels, axis=0)
     brightness = pixels @ (typical / max(float(np.linalg.norm(typical)), 1e-12))
-    return np.median(pixels[brightness >= np.quantile(brightness, 0.9)], axis=0)
+    return np.median(pixels[brightness >= np.quantile(brightness, quantile)], axis=0)
 
 
 def chroma_spread(pixels: np.ndarray, colour: np.ndarray) -> float:
@@ -127,7 +127,7 @@ def find_object(frame: np.ndarray, background: np.ndarray, cfg: JudgeConfig,
     largest = 1 + int(np.argmax(ndimage.sum_labels(np.ones_like(distance), seeds, range(1, count + 1))))
     inside = distance[seeds == largest]
     if textured:
-        colour = lit_colour(frame, seeds == largest)
+        colour = lit_colour(frame, seeds == largest, cfg.lit_quantile)
     else:
         colour = np.median(frame[seeds == largest][inside >= np.median(inside)], axis=0)
     # Half-maximum contour: blur moves edge pixels symmetrically around it, so the size survives blur.
