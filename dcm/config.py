@@ -66,7 +66,8 @@ class ShapesConfig(Strict):
     holdout: list[str]  # "colour shape" pairs kept out of the train split
     textures: list[str]  # object surfaces drawn per clip and named in its caption; [] = plain, no word
     texture_amplitude: float = Field(gt=0, lt=1)  # a texture's dark parts: the colour times (1 − amplitude)
-    texture_period: float = Field(gt=0)  # pixels per stripe/check cycle (half dark, half light)
+    texture_period: int = Field(ge=2, multiple_of=2)  # pixels per stripe/check cycle (half dark, half light;
+    # even, so that the judge's half-period lag is whole)
 
     @model_validator(mode="after")
     def _check(self) -> ShapesConfig:
@@ -155,6 +156,15 @@ class JudgeConfig(Strict):
     texture_temperature: float = Field(gt=0)  # softmax over squared distances of the shading's correlations
     lit_quantile: float = Field(ge=0, lt=1)  # a textured object's colour: the median of its pixels above this
     # brightness quantile (its lit parts)
+
+    @model_validator(mode="after")
+    def _ramps(self) -> JudgeConfig:
+        for key in ("background_spread", "object_spread", "direction_degrees", "area_variation", "colour_drift",
+                    "path_jitter", "texture_strength"):
+            low, high = getattr(self, key)
+            if not low < high:
+                raise ValueError(f"{key} must be [low, high] with low < high, got {[low, high]}")
+        return self
 
 
 class ScheduleConfig(Strict):

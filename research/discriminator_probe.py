@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    if not 1 <= args.held_out < args.batches:
+        parser.error("--held-out must be at least 1 and leave batches to train on")
     cfg, objective = detail_objective(args.work, args.params, args.overrides)
     widths, pool = collect(cfg, objective, args.batches)
     train, held_out = pool[: -args.held_out], pool[-args.held_out:]

@@ -7,7 +7,8 @@ The stage functions are the ones `dvc repro` runs through Prefect; this driver o
 orchestration for a process pool (shards) and prints progress instead of logging to MLflow. It writes
 the teacher's metrics, a sample grid (PNG) and the trained teacher (tar, split into 15 MB parts) to
 --out, and for the later stages the students' metrics and the evaluation (metrics.json, report.md,
-samples.png), and run.json (the overrides and the device): `dcm import-runs <out>` then logs every stage
+samples.png), each with its provenance (overrides, device, resolved configuration; run.json has the last
+call's): `dcm import-runs <out>` then logs every stage
 as an MLflow run of the project's tracking store. --teacher-parts unpacks a teacher written by an earlier
 call instead of training one.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dcm.config import load_config
+from dcm.config import config_to_dict, load_config
 from dcm.data.sharding import finalize, plan_shards, write_shard
 from dcm.errors import StoppedEarly
 from dcm.models.packed import pack, unpack_verified
@@ -89,9 +90,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     rank, world = init_from_env()
-    if rank == 0:  # what `dcm import-runs` needs to log these results as MLflow runs
-        (out / "run.json").write_text(json.dumps({"overrides": args.overrides, "stages": stages,
-                                                   "device": device_name()}, indent=2))
+    # What `dcm import-runs` logs with these results: how they were made, whatever params.yaml says by then.
+    provenance = {"overrides": args.overrides, "device": device_name(), "config": config_to_dict(cfg)}
+    if rank == 0:
+        (out / "run.json").write_text(json.dumps({**provenance, "stages": stages}, indent=2))
     if world > 1 and stages != ["teacher"]:
         parser.error("under torchrun only --stages teacher runs (shard first, in one process)")
     if "shard" in stages:
@@ -101,9 +103,9 @@ def main() -> None:
     if args.teacher_parts:
         unpack_teacher(Path(args.teacher_parts), work / "teacher")
     if "teacher" in stages:
-        train_teacher(cfg, overrides, args, out, work, timings, rank)
+        train_teacher(cfg, overrides, args, out, work, timings, rank, provenance)
     if rank == 0:
-        later(cfg, stages, out, work, timings)
+        later(cfg, stages, out, work, timings, provenance)
 
 
 def device_name() -> str:
@@ -120,7 +122,7 @@ def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
     write_json_atomic(teacher_dir / "manifest.json", {"family": "toy", "path": "model", "content_hash": record["content_hash"]})
 
 
-def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
+def later(cfg, stages: list[str], out: Path, work: Path, timings: dict, provenance: dict) -> None:
     """precompute, the distillation stages and evaluate, in that order, each timed."""
     from dcm.stages.evaluate import run_evaluate_stage
     from dcm.stages.precompute import run_precompute_stage
@@ -145,7 +147,8 @@ def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
             print((out / "eval_report.md").read_text(), flush=True)
         else:
             result = run_distill_stage(cfg, stage, on_log=on_log)
-            kept = {**{k: result[k] for k in ("folder", "metrics", "losses")}, "curve": list(curve)}
+            kept = {**{k: result[k] for k in ("folder", "metrics", "losses")}, "curve": list(curve),
+                    "provenance": provenance}
             (out / f"{stage}_metrics.json").write_text(json.dumps(kept, indent=2, default=str))
             print(stage, result["metrics"], flush=True)
         timings[f"{stage}_s"] = time.perf_counter() - start
@@ -153,7 +156,8 @@ def later(cfg, stages: list[str], out: Path, work: Path, timings: dict) -> None:
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
 
-def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timings: dict, rank: int) -> None:
+def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timings: dict, rank: int,
+                  provenance: dict) -> None:
     curve = []
 
     def on_log(step: int, metrics: dict) -> None:
@@ -178,11 +182,12 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
     timings["teacher_s"] = time.perf_counter() - start
     if rank != 0:  # data parallel: rank 0 exported and judged the teacher
         return
-    report = {"device": device_name(), "overrides": args.overrides, **timings, **result["manifest"],
+    report = {"device": provenance["device"], "overrides": args.overrides, "provenance": provenance, **timings,
+              **result["manifest"],
               "grid_prompts": [p["caption"] for p in result["prompts"][: args.grid_rows]], "curve": curve}
     (out / "teacher_metrics.json").write_text(json.dumps(report, indent=2, default=str))
     sample_grid(result["clips"][: args.grid_rows], out / "teacher_samples.png", args.grid_frames)
-    print(json.dumps({k: v for k, v in report.items() if k not in ("sampling", "curve")}, default=str), flush=True)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("sampling", "curve", "provenance")}, default=str), flush=True)
     if args.no_model:
         return
     pack(work / "teacher" / "model", out, work / "teacher_model.tar")

@@ -34,8 +34,10 @@ def test_results_from_another_machine_become_mlflow_runs(tmp_path):
                             "t.key = 'dcm.stage' and t.value = 'semantic' and m.key = 'judge_overall'").fetchone()[0]
         device = db.execute("select value from tags where key = 'dcm.device'").fetchall()
         logged = db.execute("select value from params where key = 'overrides'").fetchall()
+        origin = db.execute("select value from tags where key = 'dcm.params_from'").fetchall()
     assert [step for (step,) in steps] == [1, 2, 3, 4] and judged == 1  # every logged step, then the result
     assert device == [("cpu",), ("cpu",)] and all("teacher.toy.model.num_layers=1" in value for (value,) in logged)
+    assert origin == [("the results",), ("the results",)]  # the configuration it ran, not today's params.yaml
 
     again = run_in(project, "dcm", "import-runs", str(out))
     assert again.returncode == 0 and again.stdout.count("already imported") == 2

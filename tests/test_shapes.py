@@ -64,7 +64,7 @@ def test_still_objects_do_not_move():
     for i in range(100):
         s = draw_sample(0, "train", i, CFG.data)
         if s.direction == "still":
-            clip = render_clip(s, CFG.data)
+            clip = render_clip(s, CFG.data, 0)
             assert all(np.array_equal(clip[0], frame) for frame in clip)
             return
     raise AssertionError("no still sample among 100 draws")

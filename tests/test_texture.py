@@ -101,3 +101,11 @@ def test_noise_keeps_the_texture_and_blur_erases_fine_detail(truth):
     blurred = [(ndimage.gaussian_filter(c.astype(float), (0, 0.8, 0.8, 0)).round().astype(np.uint8), p)
                for c, p in fine]
     assert judged(fine, "texture") >= 0.95 and judged(blurred, "texture") <= 0.3
+
+
+def test_texture_settings_that_cannot_work_are_refused():
+    from dcm.config import ConfigError
+    for override, message in (("data.shapes.texture_period=3", "multiple of 2"),
+                              ("judge.texture_strength=[0.2,0.1]", "texture_strength must be")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(REPO / "params.yaml", [override])

@@ -166,7 +166,7 @@ def speckle_table(sample: ShapeSample, seed: int, size: int) -> np.ndarray:
     return rng.integers(0, 2, (size, size)).astype(np.float64)
 
 
-def render_clip(sample: ShapeSample, data: DataConfig, seed: int = 0) -> np.ndarray:
+def render_clip(sample: ShapeSample, data: DataConfig, seed: int) -> np.ndarray:
     """The clip as uint8 (frames, height, width, 3) with anti-aliased edges (and texture: the object's colour
     times 1 − amplitude·shade, averaged over sub-samples like the edges). `seed` draws the speckle."""
     cfg = data.shapes

@@ -132,7 +132,9 @@ def find_object(frame: np.ndarray, background: np.ndarray, cfg: JudgeConfig,
         colour = np.median(frame[seeds == largest][inside >= np.median(inside)], axis=0)
     # Half-maximum contour: blur moves edge pixels symmetrically around it, so the size survives blur.
     half = 0.5 * float(np.linalg.norm(colour - background))
-    outline = 0.5 * float(np.linalg.norm(colour * (1.0 - dark_share) - background)) if textured else half
+    # (textured: never below the seed threshold, or a dark texture close to the background lets noise in)
+    outline = (max(0.5 * float(np.linalg.norm(colour * (1.0 - dark_share) - background)), cfg.foreground_threshold)
+               if textured else half)
     labels, count = ndimage.label(distance > outline, structure=EIGHT_CONNECTED)
     if count == 0:
         return None

@@ -2,11 +2,12 @@
 
 A GPU machine that cannot reach the project's MLflow store runs the stages with research/run_stages.py,
 which writes per stage its final metrics and every logged step (`<stage>_metrics.json`, the teacher's
-`teacher_metrics.json`, the evaluation's `eval_metrics.json`) and, in run.json, the overrides and the
-device. Importing one such folder opens one run per stage, as the stage's own flow would have: the
-resolved configuration as params, the logged steps and the final metrics, the pictures and report as
-artifacts, tagged with where they came from. A folder imported again adds nothing (runs carry an import
-key); a run cut off half-way is replaced.
+`teacher_metrics.json`, the evaluation's `eval_metrics.json`) with the overrides, the device and the resolved
+configuration it ran (run.json holds the last call's). Importing one such folder opens one run per stage, as
+the stage's own flow would have: that configuration as params (resolved here from the overrides, and tagged
+so, for older files without it), the logged steps and the final metrics under the flow's names, the pictures
+and report as artifacts, tagged with where they came from. A result imported again adds nothing (runs carry
+an import key: the stage and its file's content hash); a run cut off half-way is replaced.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import mlflow
 
 from dcm.config import config_to_dict, load_config
 from dcm.errors import StageError
-from dcm.io import read_json
+from dcm.io import read_json, sha256_file
 from dcm.ops.tracking import stage_run, tracking_uri
+from dcm.stages.register import flatten_metrics
 
 STAGE_FILES = {"teacher": "teacher_metrics.json", "semantic": "semantic_metrics.json", "detail": "detail_metrics.json",
                "lcm": "lcm_metrics.json", "pcm": "pcm_metrics.json", "single": "single_metrics.json",
@@ -41,12 +43,9 @@ def earlier_imports(experiment: str) -> dict[str, list]:
 
 def stage_metrics(stage: str, record: dict) -> tuple[dict[str, float], list[dict]]:
     """(final metrics, logged steps) of one stage's results file."""
-    if stage == "evaluate":  # {row: {metric: value}}, a few scalars beside
-        final = {f"{row}/{key}": value for row, values in record.items() if isinstance(values, dict)
-                 for key, value in values.items() if isinstance(value, (int, float))}
-        return final | {k: v for k, v in record.items() if isinstance(v, (int, float))}, []
-    final = {k: v for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
-    return final, record.get("curve", [])
+    if stage == "evaluate":  # {row: {metric: value}}: named as the evaluate flow names them
+        return flatten_metrics(record), []
+    return flatten_metrics(record.get("metrics", {})), record.get("curve", [])
 
 
 def import_results(folder: Path, params: Path) -> list[str]:
@@ -55,25 +54,28 @@ def import_results(folder: Path, params: Path) -> list[str]:
     if not (folder / "run.json").is_file() and not (folder / "teacher_metrics.json").is_file():
         raise StageError(f"{folder}: no run.json or teacher_metrics.json; import a folder research/run_stages.py "
                          "wrote (its --out)")
-    run_info = read_json(folder / "run.json") if (folder / "run.json").is_file() else read_json(folder / "teacher_metrics.json")
-    overrides = list(run_info.get("overrides", []))
-    cfg = load_config(params, overrides)
-    mlflow.set_tracking_uri(tracking_uri(cfg.tracking))
-    earlier, lines = earlier_imports(cfg.tracking.experiment), []
+    last_call = read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
+    here = load_config(params)  # this project's tracking store
+    mlflow.set_tracking_uri(tracking_uri(here.tracking))
+    earlier, lines = earlier_imports(here.tracking.experiment), []
     for stage, name in STAGE_FILES.items():
         if not (folder / name).is_file():
             continue
-        key = f"{folder.name}/{stage}"
+        key = f"{stage}:{sha256_file(folder / name)[:16]}"
         if any(run.info.status == "FINISHED" for run in earlier.get(key, [])):
             lines.append(f"{stage}: already imported ({key})")
             continue
         for broken in earlier.get(key, []):  # an import killed half-way: replaced, not doubled
             mlflow.delete_run(broken.info.run_id)
-        final, steps = stage_metrics(stage, read_json(folder / name))
-        logged = {"overrides": " ".join(overrides), **config_to_dict(cfg)}
-        with stage_run(cfg.tracking, stage, logged, root=params.resolve().parent) as run:
-            run.set_tags({IMPORT_KEY: key, "dcm.imported_from": str(folder),
-                          "dcm.device": str(run_info.get("device", "unknown"))})
+        record = read_json(folder / name)
+        made = record.get("provenance") or {**last_call, **{k: record[k] for k in ("overrides", "device") if k in record}}
+        overrides = list(made.get("overrides", []))
+        config = made.get("config") or config_to_dict(load_config(params, overrides))
+        final, steps = stage_metrics(stage, record)
+        logged = {"overrides": " ".join(overrides), **config}
+        with stage_run(here.tracking, stage, logged, root=params.resolve().parent) as run:
+            run.set_tags({IMPORT_KEY: key, "dcm.imported_from": str(folder), "dcm.device": str(made.get("device", "unknown")),
+                          "dcm.params_from": "the results" if made.get("config") else "this checkout's params.yaml"})
             for entry in steps:
                 run.log_metrics({k: v for k, v in entry.items() if k != "step" and isinstance(v, (int, float))},
                                 step=int(entry["step"]))

@@ -114,8 +114,10 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
     """Teacher vs each student folder (name → DCMPipeline folder) on the same prompts and noise. Callers
     check the vbench weights first (check_weights), before anything slow. With `resume`, rows a killed
     run finished (same inputs, code and device) are reused from out/rows. With `world` workers, row i is
-    made by worker i mod world (the teacher's by rank 0, and every worker waits for it: fidelity compares
-    with it); rank 0 then collects every row from out/rows and writes the report, the others return None."""
+    made by worker i mod world (the teacher's, row 0, by rank 0, and every worker waits for it: fidelity
+    compares with it); each worker makes all its rows, then rank 0 collects the others' from out/rows and
+    writes the report, the others return None. Workers share out/rows (one filesystem) and must have the
+    same GPU model (the device is part of a row's inputs); their latencies are timed side by side."""
     if world > 1 and not resume:
         raise ValueError("several evaluation workers share their rows through out/rows: resume must be on")
     ev, sampling = cfg.evaluate, cfg.teacher.sampling
@@ -133,22 +135,21 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                            if k not in ("out_dir", "student_steps", "grid_prompts", "wait_for_ranks_s")}}
 
     bar = progress(1 + len(students) * len(ev.student_steps), "evaluate", "row")
-    order: list[str] = []  # rows in the order they are met: row i belongs to worker i mod world
 
-    def measured(name: str, model_hash: str, load: Callable[[], object], make: Callable[[], torch.Tensor],
-                 reference: np.ndarray | None) -> tuple[dict, np.ndarray] | None:
-        bar.update()
-        bar.set_postfix_str(name)
+    def measured(index: int, name: str, model_hash: str, load: Callable[[], object], make: Callable[[], torch.Tensor],
+                 reference: np.ndarray | None, collect: bool) -> tuple[dict, np.ndarray] | None:
+        """Row `index` (worker index mod world makes it): made or reused when it is this worker's, else
+        awaited from its owner when `collect`, else None."""
         fingerprint = row_fingerprint(**inputs, row=name, model=model_hash)
-        owner = len(order) % world
-        order.append(name)
-        if owner != rank:  # another worker's row: rank 0 (and everyone, for the teacher's) waits for it
-            waits = rank == 0 or owner == 0
-            return wait_for_row(rows_dir, name, fingerprint, owner, ev.wait_for_ranks_s) if waits else None
+        owner = index % world
+        if owner != rank:
+            return wait_for_row(rows_dir, name, fingerprint, owner, ev.wait_for_ranks_s) if collect else None
         cached = load_row(rows_dir, name, fingerprint) if resume else None
         if cached is not None:
             print(f"evaluate: {name} reused from {rows_dir} (finished by an earlier run with the same inputs)")
             return cached
+        bar.update()
+        bar.set_postfix_str(name)
         load()  # loading the model is not part of its latency
         video, latency = _timed(make, ev.latency_repeats, len(prompts))
         clips = video_to_clips(video)
@@ -163,29 +164,34 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                         sampling_sigmas(cfg.schedule, sampling.steps), sampling.guidance_scale,
                         cfg.teacher.negative_prompt, ev.batch_size)
 
-    teacher_row, reference = measured(f"teacher_{sampling.steps}", teacher_content_hash(cfg), teacher, teacher_clips,
-                                      None)
+    # Row 0, the teacher's, first and awaited by every worker: fidelity compares each student with it.
+    teacher_row, reference = measured(0, f"teacher_{sampling.steps}", teacher_content_hash(cfg), teacher,
+                                      teacher_clips, None, collect=True)
     rows = [{"model": "teacher", "steps": sampling.steps, **teacher_row, "speedup": 1.0}]
     samples = {f"teacher {sampling.steps}": reference}
+    student_rows = []  # (index, model name, steps, folder hash, pipeline loader)
     for name, folder in students.items():
         model_hash = folder_hash(folder)
         pipe = functools.cache(lambda folder=folder: DCMPipeline.from_pretrained(folder, device, detail_weights="merged"))
-
         for steps in ev.student_steps:
-            def student_clips() -> torch.Tensor:
-                return pipe().videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
-                                     ev.batch_size)
+            student_rows.append((1 + len(student_rows), name, steps, model_hash, pipe))
 
-            made = measured(f"{name}_{steps}", model_hash, pipe, student_clips, reference)
-            if rank != 0:
-                continue  # rank 0 collects the rows
-            measured_row, clips = made
-            row = {"model": name, "steps": steps, **measured_row,
-                   "speedup": teacher_row["latency_s"] / measured_row["latency_s"]}
-            rows.append(row)
-            samples[f"{name} {steps}"] = clips
-            if on_result:
-                on_result(f"{name}_{steps}", row)
+    def student_row(index, name, steps, model_hash, pipe, collect):
+        def student_clips() -> torch.Tensor:
+            return pipe().videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
+                                 ev.batch_size)
+        return measured(index, f"{name}_{steps}", model_hash, pipe, student_clips, reference, collect)
+
+    # Every worker makes its own rows first; then rank 0 collects the others' from out/rows.
+    made = {entry[0]: student_row(*entry, collect=False) for entry in student_rows}
+    for index, name, steps, model_hash, pipe in student_rows if rank == 0 else []:
+        measured_row, clips = made[index] or student_row(index, name, steps, model_hash, pipe, collect=True)
+        row = {"model": name, "steps": steps, **measured_row,
+               "speedup": teacher_row["latency_s"] / measured_row["latency_s"]}
+        rows.append(row)
+        samples[f"{name} {steps}"] = clips
+        if on_result:
+            on_result(f"{name}_{steps}", row)
     bar.close()
     if rank != 0:
         return None
