@@ -29,6 +29,7 @@ from dcm.models.discriminator import Discriminator
 from dcm.stages.distill import build_student
 from dcm.stages.paths import EMPTY_PROMPT
 from dcm.stages.teacher import load_teacher
+from dcm.train.adversarial import judge_pair
 from dcm.train.consistency import ConsistencyDistillation
 
 
@@ -66,14 +67,13 @@ def evaluate(heads: Discriminator, pool: list[tuple]) -> dict[str, float]:
     hinge, token, clip = 0.0, 0.0, 0.0
     with torch.no_grad():
         for fake, real, grid in pool:
-            logits = heads([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
-            count = len(real[0])
-            real_logits, fake_logits = [l[:count] for l in logits], [l[count:] for l in logits]
+            real_logits, fake_logits = judge_pair(heads, fake, real, grid)
             on_real, on_fake = hinge_terms(real_logits, fake_logits)
             hinge += float(on_real + on_fake)
             token += float(discriminator_accuracy(real_logits, fake_logits))
-            per_clip = torch.stack([l.flatten(1).mean(1) for l in logits]).mean(0)  # mean over heads and tokens
-            clip += float(((per_clip[:count] > 0).float().mean() + (per_clip[count:] < 0).float().mean()) / 2)
+            # per clip: the sign of its logits' mean over heads and tokens
+            on_clip = [torch.stack([l.flatten(1).mean(1) for l in side]).mean(0) for side in (real_logits, fake_logits)]
+            clip += float(((on_clip[0] > 0).float().mean() + (on_clip[1] < 0).float().mean()) / 2)
     return {"hinge": hinge / len(pool), "token_accuracy": token / len(pool), "clip_accuracy": clip / len(pool)}
 
 
@@ -101,9 +101,7 @@ def main() -> None:
     for epoch in range(1, args.epochs + 1):
         for fake, real, grid in train:
             optimizer.zero_grad(set_to_none=True)
-            logits = heads([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
-            count = len(real[0])
-            on_real, on_fake = hinge_terms([l[:count] for l in logits], [l[count:] for l in logits])
+            on_real, on_fake = hinge_terms(*judge_pair(heads, fake, real, grid))
             (on_real + on_fake).backward()
             optimizer.step()
         if epoch % max(1, args.epochs // 10) == 0 or epoch == args.epochs:

@@ -41,6 +41,14 @@ def split_gradient(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Call
     return own, adversarial, lambda: norms[1] / norms.sum().clamp_min(torch.finfo(torch.float32).tiny)
 
 
+def judge_pair(discriminator: Discriminator, fake: list[torch.Tensor], real: list[torch.Tensor],
+               grid: tuple[int, int, int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The heads' logits on real and on fake tapped features, both through the heads in one call."""
+    logits = discriminator([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
+    count = len(real[0])
+    return [l[:count] for l in logits], [l[count:] for l in logits]
+
+
 class AdversarialLoss:
     def __init__(self, teacher, cfg: DCMConfig, device: torch.device):
         self.teacher, self.cfg = teacher, cfg
@@ -105,9 +113,7 @@ class AdversarialLoss:
         for update in range(self.cfg.distill.discriminator.updates_per_step):
             optimizer.zero_grad(set_to_none=True)  # the first also drops what the generator loss left on the heads
             for fake, real, grid in pending:
-                logits = self.discriminator([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
-                count = len(real[0])
-                real_logits, fake_logits = [l[:count] for l in logits], [l[count:] for l in logits]
+                real_logits, fake_logits = judge_pair(self.discriminator, fake, real, grid)
                 on_real, on_fake = hinge_terms(real_logits, fake_logits)
                 ((on_real + on_fake) / len(pending)).backward()
                 if update == 0:
