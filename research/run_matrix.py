@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
@@ -39,8 +40,10 @@ from run_stages import REPO, shard, unpack_teacher  # noqa: E402
 STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
 TEACHER_EVAL, TEACHER_JOB = "eval-teacher", "teacher-eval"
 TEACHER_WAIT_S = 300  # a teacher job that failed: students evaluate the teacher themselves
+PRECOMPUTE_PROCESSES = 8  # at most, and never more than --workers
 MARGIN_S = 25  # a job stops training this long before the budget ends, to checkpoint
 LOG_TAIL = 15
+CURVE = "curve.jsonl"  # a job's logged steps
 SAMPLES = "samples.safetensors"  # a job's first evaluate.grid_prompts clips of every row: sample grids across runs
 
 
@@ -141,8 +144,12 @@ def prepare(base: list[str], work: Path, teacher_parts: str | None, workers: int
         unpack_teacher(Path(teacher_parts), work / "teacher")
     if not (work / "latents" / LATENTS_MANIFEST).is_file():
         start = time.perf_counter()
-        run_precompute_stage(cfg)
-        print(f"precompute: {time.perf_counter() - start:.0f} s", flush=True)
+        # The stage's own rank split (every world-th shard; rank 0 writes the manifest), as processes on one
+        # machine: decoding and writing are CPU-bound, and run 3 spent 215 s here in one process.
+        world = max(1, min(workers, PRECOMPUTE_PROCESSES))
+        with get_context("spawn").Pool(world) as pool:
+            pool.starmap(run_precompute_stage, [(cfg, rank, world) for rank in range(world)])
+        print(f"precompute: {time.perf_counter() - start:.0f} s ({world} processes)", flush=True)
 
 
 def evaluate_teacher(overrides: list[str], work: Path) -> int:
@@ -160,8 +167,23 @@ def wait_for_teacher_rows(work: Path, timeout_s: float) -> None:
         time.sleep(5)
 
 
-def log_line(step: int, metrics: dict) -> None:
-    print(step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+def curve_logger(path: Path):
+    """The stage's on_log: each logged step printed and appended to `path` (JSON lines; a resumed job appends
+    on, and its repeated steps replace the stopped run's: see read_curve), so every job's whole curve, the
+    discriminator's health included, comes back in matrix.json rather than only its log's tail."""
+    def log_line(step: int, metrics: dict) -> None:
+        print(step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
+        with open(path, "a") as file:
+            file.write(json.dumps({"step": step, **metrics}) + "\n")
+    return log_line
+
+
+def read_curve(path: Path) -> list[dict]:
+    by_step = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
 
 
 def run_job(spec: dict, work: Path, budget_end: float) -> int:
@@ -187,7 +209,7 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
     name = OUTPUT_NAMES[spec["stage"]]
     if not (output_folder(cfg, name) / "model_index.json").is_file():
         try:
-            run_distill_stage(cfg, spec["stage"], on_log=log_line)
+            run_distill_stage(cfg, spec["stage"], on_log=curve_logger(root / CURVE))
         except StoppedEarly as stopped:
             print(stopped, flush=True)
             return STOPPED
@@ -302,6 +324,8 @@ def summarise(jobs: list[Job], work: Path, out: Path) -> None:
             entry = {**job.earlier, "state": "earlier"}
         elif (root / "result.json").is_file():
             entry["metrics"] = json.loads((root / "result.json").read_text())["metrics"]
+        if job.earlier is None and (root / CURVE).is_file():
+            entry["curve"] = read_curve(root / CURVE)
         log = root / "log.txt"
         if log.is_file():
             tails.append(f"== {job.name} ({job.state})\n" + "\n".join(log.read_text().splitlines()[-LOG_TAIL:]))

@@ -48,6 +48,9 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     for name in ("dcm-s0", "lora_tc-s0"):
         assert {"teacher_6", "dcm_1", "dcm_4"} <= set(jobs[name]["metrics"])
     assert jobs["lcm-s0"]["metrics"]["lcm_4"]["psnr_vs_teacher"] > 0
+    # every job's whole logged curve comes back, the detail stage's discriminator health included
+    curve = jobs["dcm-s0"]["curve"]
+    assert curve[-1]["step"] == 4 and {"d_hinge", "d_accuracy", "gan_grad_share"} <= set(curve[-1])
     # the teacher's rows were computed once and reused by every student's evaluation
     assert "teacher_6 reused" in (tmp_path / "work" / "runs" / "lcm-s0" / "log.txt").read_text()
     final = json.loads((out / "final_metrics.json").read_text())

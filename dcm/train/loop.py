@@ -216,8 +216,9 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                                  "is kept. Lower the learning rate or check the data")
             optimizer.step()
             scheduler.step()
-            if after_step is not None:
-                logs = {**logs, **after_step()}
+            if after_step is not None:  # the discriminator's step: its heads compute in the loss's precision too
+                with autocast:
+                    logs = {**logs, **after_step()}
             if ema is not None:
                 ema_update(ema, method.module, ema_decay_at(result.steps, cfg.ema_decay))
             result.steps += 1
