@@ -3,6 +3,7 @@ equal, every student is evaluated against the teacher's rows, and research/summa
 result into RESULTS.md's tables and a sample grid."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
+from tests.project import copy_project, run_in, stage_runs
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +74,24 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert "| dcm | 4 | 1 |" in summary and "| lcm | 1 | 1 |" in summary and "| lora_tc | 4 | 1 |" in summary
     assert "dcm-4 − lcm-4" in summary
     assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "grid.gif").stat().st_size > 0
+
+    # The plan's runs in the project's MLflow store: one run per finished job, named after it, with its curve;
+    # importing again adds nothing
+    project = copy_project(tmp_path / "project")
+    imported = run_in(project, "dcm", "import-runs", str(out))
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    assert [stage_runs(project, stage) for stage in ("semantic", "detail", "lcm", "teacher")] == [1, 2, 1, 0]
+    with sqlite3.connect(project / "mlflow.db") as db:
+        names = {name for (name,) in db.execute("select value from tags where key = 'mlflow.runName'")}
+        hinge = db.execute("select m.step from metrics m join tags t on m.run_uuid = t.run_uuid where t.key = "
+                           "'mlflow.runName' and t.value = 'dcm-s0' and m.key = 'd_hinge' order by m.step").fetchall()
+        judged = db.execute("select m.value from metrics m join tags t on m.run_uuid = t.run_uuid where t.key = "
+                            "'mlflow.runName' and t.value = 'lcm-s0' and m.key = 'lcm_4.judge_overall'").fetchall()
+    assert names == {"semantic-dcm-s0", "dcm-s0", "lora_tc-s0", "lcm-s0"}
+    assert [step for (step,) in hinge] == [1, 2, 3, 4]
+    assert judged == [(pytest.approx(jobs["lcm-s0"]["metrics"]["lcm_4"]["judge_overall"]),)]
+    again = run_in(project, "dcm", "import-runs", str(out))
+    assert again.returncode == 0 and again.stdout.count("already imported") == 4, again.stdout
 
     # Another machine continues the plan: what the first finished is kept, not trained again, and the
     # final evaluation leaves out the students that stayed on the first machine.

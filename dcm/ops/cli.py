@@ -250,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     dvc_yaml.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file; its folder is the project")
     dvc_yaml.set_defaults(func=cmd_dvc_yaml, overrides=[])
 
-    imports = commands.add_parser("import-runs", help="log results of research/run_stages.py (e.g. from a GPU "
-                                  "machine without the tracking store) as MLflow runs, one per stage")
-    imports.add_argument("folders", nargs="+", help="folders run_stages.py wrote (its --out)")
+    imports = commands.add_parser("import-runs", help="log results of research/run_stages.py or run_matrix.py (e.g. from a GPU "
+                                  "machine without the tracking store) as MLflow runs, one per stage or job")
+    imports.add_argument("folders", nargs="+", help="folders research/run_stages.py or research/run_matrix.py wrote (their --out)")
     imports.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default: params.yaml)")
     imports.set_defaults(func=cmd_import_runs, overrides=[])
 
