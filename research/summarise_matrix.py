@@ -89,6 +89,27 @@ def claim(rows: dict, run: str = "dcm", steps: int = 4) -> str:
     return "\n".join(lines)
 
 
+def health(paths: list[Path]) -> str:
+    """The discriminator's health per detail job, from its logged curve: the hinge (2 = chance) and real-vs-fake
+    accuracy at the first logged step, over the last third of the run (mean and worst), and the GAN term's share
+    of the generator's gradient over that last third."""
+    jobs = {}
+    for path in paths:
+        jobs |= json.loads(path.read_text())
+    lines = ["| job | steps | d_hinge first | d_hinge last third: mean (max) | d_accuracy first | "
+             "d_accuracy last third: mean (min) | GAN share of the gradient, last third |", "|---" * 7 + "|"]
+    for name, job in jobs.items():
+        curve = [entry for entry in job.get("curve", []) if "d_hinge" in entry]
+        if not curve:
+            continue
+        tail = curve[len(curve) - max(1, len(curve) // 3):]
+        hinge, accuracy = [e["d_hinge"] for e in tail], [e["d_accuracy"] for e in tail]
+        lines.append(f"| {name} | {curve[-1]['step']} | {curve[0]['d_hinge']:.3f} | {statistics.mean(hinge):.3f} "
+                     f"({max(hinge):.3f}) | {curve[0]['d_accuracy']:.3f} | {statistics.mean(accuracy):.3f} "
+                     f"({min(accuracy):.3f}) | {statistics.mean(e['gan_grad_share'] for e in tail):.2f} |")
+    return "\n".join(lines) if len(lines) > 2 else "no detail job logged the discriminator's health"
+
+
 def load_samples(paths: list[Path]) -> dict[str, np.ndarray]:
     """Every row of every samples file; a row in several files is taken from the last one."""
     from safetensors.torch import load_file
@@ -130,7 +151,8 @@ def main() -> None:
     print("## Comparison\n\n" + table(rows, tables.get("comparison", []), None) + "\n")
     print("## Ablation ladder (4 steps)\n\n" + table(rows, tables.get("ladder", []), [4]) + "\n")
     print("## Tuning (4 steps)\n\n" + table(rows, tables.get("tuning", []), [4]) + "\n")
-    print("## The claim\n\n" + "\n\n".join(claim(rows, run) for run in tables.get("claim", ["dcm"])))
+    print("## The claim\n\n" + "\n\n".join(claim(rows, run) for run in tables.get("claim", ["dcm"])) + "\n")
+    print("## The discriminator's health (detail jobs)\n\n" + health(args.matrices))
     if args.samples and args.grid:
         grids(load_samples(args.samples), plan.get("final", []), args.grid, args.gif)
 

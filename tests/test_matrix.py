@@ -73,6 +73,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert grid_rows[0] == "teacher_6" and {"dcm/dcm_4", "lcm/lcm_1", "lcm/lcm_4"} <= set(map(str.strip, grid_rows))
     assert "| dcm | 4 | 1 |" in summary and "| lcm | 1 | 1 |" in summary and "| lora_tc | 4 | 1 |" in summary
     assert "dcm-4 − lcm-4" in summary
+    assert "| dcm-s0 | 4 |" in summary.split("## The discriminator's health")[1]  # from its logged curve
     assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "grid.gif").stat().st_size > 0
 
     # The plan's runs in the project's MLflow store: one run per finished job, named after it, with its curve;
