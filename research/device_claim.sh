@@ -46,6 +46,7 @@ fi
 matrix_s=$(( $(left) - 20 ))
 # too little left for the plan's prepare step and a useful stretch of training
 [ "$matrix_s" -gt 180 ] || { echo "plan: only $matrix_s s left this call; call again"; exit 3; }
-python3 research/run_matrix.py --work "$work" --out "$out" --workers "${WORKERS:-16}" --per-gpu "${PER_GPU:-6}" \
+# `timeout`: a step that hangs outside the plan's budget (its set-up, say) still ends this call with its log back
+timeout $(( matrix_s + 15 )) python3 research/run_matrix.py --work "$work" --out "$out" --workers "${WORKERS:-16}" --per-gpu "${PER_GPU:-6}" \
   --budget-s "$matrix_s" ${PLAN:+--plan "$PLAN"} ${RUNS:+--runs "$RUNS"} ${TEACHER_PARTS:+--teacher-parts "$TEACHER_PARTS"} \
   ${EARLIER:+--earlier "$EARLIER"} -S profile=gpu "$@"

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
@@ -40,7 +39,6 @@ from run_stages import REPO, shard, unpack_teacher  # noqa: E402
 STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
 TEACHER_EVAL, TEACHER_JOB = "eval-teacher", "teacher-eval"
 TEACHER_WAIT_S = 300  # a teacher job that failed: students evaluate the teacher themselves
-PRECOMPUTE_PROCESSES = 8  # at most, and never more than --workers
 MARGIN_S = 25  # a job stops training this long before the budget ends, to checkpoint
 LOG_TAIL = 15
 CURVE = "curve.jsonl"  # a job's logged steps
@@ -144,12 +142,8 @@ def prepare(base: list[str], work: Path, teacher_parts: str | None, workers: int
         unpack_teacher(Path(teacher_parts), work / "teacher")
     if not (work / "latents" / LATENTS_MANIFEST).is_file():
         start = time.perf_counter()
-        # The stage's own rank split (every world-th shard; rank 0 writes the manifest), as processes on one
-        # machine: decoding and writing are CPU-bound, and run 3 spent 215 s here in one process.
-        world = max(1, min(workers, PRECOMPUTE_PROCESSES))
-        with get_context("spawn").Pool(world) as pool:
-            pool.starmap(run_precompute_stage, [(cfg, rank, world) for rank in range(world)])
-        print(f"precompute: {time.perf_counter() - start:.0f} s ({world} processes)", flush=True)
+        run_precompute_stage(cfg)
+        print(f"precompute: {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def evaluate_teacher(overrides: list[str], work: Path) -> int:
