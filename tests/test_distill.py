@@ -121,11 +121,17 @@ def test_detail_phases_train_a_phased_detail_expert_with_the_gan(config):
 
 def test_discriminator_takes_its_updates_on_every_generator_step(config, capsys):
     """discriminator.updates_per_step = 3: the heads' optimiser stepped 3 times per detail step (its AdamW
-    step counts in the checkpoint). A stage whose heads end at or below chance_accuracy (here 1.0: always) says
+    step counts in the checkpoint). Its health is logged as the mean over the logging window, the window the
+    end-of-stage verdict reads. A stage whose heads end at or below chance_accuracy (here 1.0: always) says
     so in its log and metrics."""
-    cfg = config("distill.discriminator.updates_per_step=3", "distill.discriminator.chance_accuracy=1.0")
+    cfg = config("distill.discriminator.updates_per_step=3", "distill.discriminator.chance_accuracy=1.0",
+                 "distill.detail.log_every=2")
     run_distill_stage(cfg, "semantic")
-    result = run_distill_stage(cfg, "detail")
+    logged = {}
+    result = run_distill_stage(cfg, "detail", on_log=lambda step, metrics: logged.update({step: metrics}))
+    assert sorted(logged) == [2, 4]
+    assert logged[4]["d_accuracy"] == pytest.approx(result["metrics"]["discriminator_accuracy"], abs=1e-6)
+    assert logged[4]["d_hinge"] == pytest.approx(logged[4]["d_hinge_real"] + logged[4]["d_hinge_fake"], abs=1e-5)
     tensors = checkpoint_tensors(latest_checkpoint(Path(cfg.distill.checkpoint_dir) / "detail"))
     counts = {float(v) for k, v in tensors.items() if ":discriminator_optimizer/" in k and k.endswith("/step")}
     assert counts == {3.0 * cfg.distill.detail.steps}

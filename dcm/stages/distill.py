@@ -205,7 +205,7 @@ def discriminator_report(objective: ConsistencyDistillation, cfg: DCMConfig) -> 
     at_chance = accuracy <= disc.chance_accuracy
     if at_chance:
         print(f"warning: the discriminator stayed at chance (real-vs-fake accuracy {accuracy:.3f} over the last "
-              f"{len(objective.adversarial.recent_accuracy)} steps, at most distill.discriminator.chance_accuracy "
+              f"{len(objective.adversarial.recent_health)} steps, at most distill.discriminator.chance_accuracy "
               f"{disc.chance_accuracy}): the GAN term pushed the detail expert along an untrained critic. Raise "
               "distill.detail.steps, distill.discriminator.lr or updates_per_step (with real: data; the target "
               "as real stays at chance), or set distill.adversarial: none")

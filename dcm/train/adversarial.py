@@ -61,7 +61,9 @@ class AdversarialLoss:
         self.optimizer: torch.optim.Optimizer | None = None  # built when the loop asks, after it sharded the heads
         self.detail_sigmas = euler_nodes(cfg.schedule)[: cfg.distill.kappa + 1].float()
         self._pending: list[tuple] = []  # one entry per micro-batch of the step
-        self.recent_accuracy: deque[torch.Tensor] = deque(maxlen=cfg.distill.detail.log_every)
+        # (hinge on real, hinge on fake, accuracy) of the last logging window's steps: one step's values swing
+        # with its batch, so the health is logged as the window's mean
+        self.recent_health: deque[torch.Tensor] = deque(maxlen=cfg.distill.detail.log_every)
 
     def state_modules(self) -> dict:
         return {"discriminator": self.discriminator}
@@ -105,8 +107,9 @@ class AdversarialLoss:
     def discriminator_step(self) -> dict[str, torch.Tensor]:
         """discriminator.updates_per_step hinge steps of the heads on the features the generator step just
         produced (every micro-batch's; FSDP averages the gradients over the processes). Real and fake go through
-        the heads in one call. The health logged is the first pass's: features the heads have not been trained
-        on yet, so it measures what they learnt rather than how well they fit this batch."""
+        the heads in one call. The health is the first pass's (features the heads have not been trained on yet,
+        so it measures what they learnt rather than how well they fit this batch), averaged over the last
+        logging window of steps."""
         pending, self._pending = self._pending, []
         optimizer = self.state_optimizers()["discriminator_optimizer"][1]
         health = torch.zeros(3, device=pending[0][0][0].device)  # hinge on real, hinge on fake, accuracy
@@ -120,11 +123,11 @@ class AdversarialLoss:
                     health += torch.stack([on_real.detach(), on_fake.detach(),
                                            discriminator_accuracy(real_logits, fake_logits)]) / len(pending)
             optimizer.step()
-        on_real, on_fake, accuracy = mean_across(health)
-        self.recent_accuracy.append(accuracy)
+        self.recent_health.append(mean_across(health))
+        on_real, on_fake, accuracy = torch.stack(list(self.recent_health)).mean(0)
         return {"d_hinge": on_real + on_fake, "d_hinge_real": on_real, "d_hinge_fake": on_fake,
                 "d_accuracy": accuracy}
 
     def accuracy(self) -> float | None:
         """Real-vs-fake accuracy over the last logging window of steps (None before any step of this run)."""
-        return float(torch.stack(list(self.recent_accuracy)).mean()) if self.recent_accuracy else None
+        return float(torch.stack(list(self.recent_health))[:, 2].mean()) if self.recent_health else None
