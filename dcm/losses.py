@@ -55,6 +55,16 @@ def discriminator_accuracy(real_logits: list[torch.Tensor], fake_logits: list[to
                         for r, f in zip(real_logits, fake_logits, strict=True)]).mean()
 
 
+def clip_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
+    """The share of clips on the right side of 0 (real > 0, fake < 0) by their logits' mean over heads and
+    tokens ([(B, ...)] per head), real and fake weighted equally. Per token, tokens that look alike in real
+    and fake (a flat background) hold accuracy near 0.5 however well the heads judge the rest; the clip's
+    verdict is what a learning discriminator shows first."""
+    def verdict(logits: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([l.float().flatten(1).mean(1) for l in logits]).mean(0)
+    return ((verdict(real_logits) > 0).float().mean() + (verdict(fake_logits) < 0).float().mean()) / 2
+
+
 def feature_matching(fake_features: list[torch.Tensor], real_features: list[torch.Tensor]) -> torch.Tensor:
     """Mean over tapped blocks of the MSE between fake and real features (real carries no gradient)."""
     return torch.stack([F.mse_loss(fake.float(), real.detach().float())

@@ -5,7 +5,8 @@ features the detail stage's heads would see — fake: the student's prediction, 
 target or the training clip (distill.discriminator.real), both re-noised the stage's way — for
 `--batches` training batches, then trains fresh heads (distill.discriminator's architecture, lr and betas)
 on most of them for `--epochs` epochs and reports hinge and accuracy on the held-out rest: per token (as the
-stage logs it) and per clip (the sign of a clip's mean logit). Heads that stay at chance here cannot learn
+stage logs it; and apart on structured tokens, where the clean clip has an edge or texture, and flat ones) and
+per clip (the sign of a clip's mean logit). Heads that stay at chance here cannot learn
 in the stage either. Run inside a project that ran `make run` (it reads data/latents, data/teacher and
 data/students/semantic, and writes only under --work):
 
@@ -22,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from dcm.config import DEFAULT_PARAMS, load_config
-from dcm.data.latents import decode_precomputed
+from dcm.data.latents import decode_precomputed, stack
 from dcm.data.stream import SampleStream
-from dcm.losses import discriminator_accuracy, hinge_terms
+from dcm.losses import clip_accuracy, discriminator_accuracy, hinge_terms
 from dcm.models.discriminator import Discriminator
 from dcm.stages.distill import build_student
 from dcm.stages.paths import EMPTY_PROMPT
@@ -48,8 +49,19 @@ def detail_objective(work: Path, params: str, overrides: list[str]):
     return cfg, ConsistencyDistillation(build_student(cfg, "detail", teacher, "cpu"), teacher, cfg, "detail", uncond)
 
 
-def collect(cfg, objective, batches: int) -> tuple[list, list[tuple]]:
-    """(heads' input widths, [(fake features, real features, token grid)] per training batch)."""
+def structured_tokens(latents: torch.Tensor, patch: tuple[int, int, int], threshold: float) -> torch.Tensor:
+    """(B, frames, rows, cols) True where the clean clip's patch under a token is not flat (its values spread
+    over more than `threshold`): an object's edge or texture, where real and fake can differ. Flat tokens (the
+    background, a plain object's inside) look alike in both, so per-token accuracy there stays near chance."""
+    b, c, t, h, w = latents.shape
+    pt, ph, pw = patch
+    patches = latents.float().reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+    return patches.std(dim=(1, 3, 5, 7)) > threshold
+
+
+def collect(cfg, objective, batches: int, flat_below: float) -> tuple[list, list[tuple]]:
+    """(heads' input widths, [(fake features, real features, token grid, structured-token mask)] per training
+    batch)."""
     stream = SampleStream(cfg.precompute.dir, "train", cfg.distill.detail.shuffle_buffer, cfg.seed,
                           decode=decode_precomputed).batches(cfg.distill.detail.batch_size)
     generator, pool = torch.Generator().manual_seed(cfg.seed), []
@@ -57,24 +69,32 @@ def collect(cfg, objective, batches: int) -> tuple[list, list[tuple]]:
         batch = next(stream)
         with torch.no_grad():
             objective.loss(batch, generator, slice(0, len(batch)))
-        pool.extend(objective.adversarial._pending)
+        mask = structured_tokens(stack(batch, "latents", "cpu"), tuple(cfg.teacher.toy.model.patch_size), flat_below)
+        pool.extend((*pending, mask) for pending in objective.adversarial._pending)
         objective.adversarial._pending = []
     widths = [feature.shape[-1] for feature in pool[0][0]]
     return widths, pool
 
 
+def masked_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor], mask: torch.Tensor) -> float:
+    """discriminator_accuracy over the tokens `mask` selects only."""
+    return float(discriminator_accuracy([r[mask] for r in real_logits], [f[mask] for f in fake_logits]))
+
+
 def evaluate(heads: Discriminator, pool: list[tuple]) -> dict[str, float]:
-    hinge, token, clip = 0.0, 0.0, 0.0
+    totals = dict.fromkeys(("hinge", "token_accuracy", "clip_accuracy", "structured_accuracy", "flat_accuracy",
+                            "structured_share"), 0.0)
     with torch.no_grad():
-        for fake, real, grid in pool:
+        for fake, real, grid, mask in pool:
             real_logits, fake_logits = judge_pair(heads, fake, real, grid)
             on_real, on_fake = hinge_terms(real_logits, fake_logits)
-            hinge += float(on_real + on_fake)
-            token += float(discriminator_accuracy(real_logits, fake_logits))
-            # per clip: the sign of its logits' mean over heads and tokens
-            on_clip = [torch.stack([l.flatten(1).mean(1) for l in side]).mean(0) for side in (real_logits, fake_logits)]
-            clip += float(((on_clip[0] > 0).float().mean() + (on_clip[1] < 0).float().mean()) / 2)
-    return {"hinge": hinge / len(pool), "token_accuracy": token / len(pool), "clip_accuracy": clip / len(pool)}
+            totals["hinge"] += float(on_real + on_fake)
+            totals["token_accuracy"] += float(discriminator_accuracy(real_logits, fake_logits))
+            totals["clip_accuracy"] += float(clip_accuracy(real_logits, fake_logits))
+            totals["structured_accuracy"] += masked_accuracy(real_logits, fake_logits, mask)
+            totals["flat_accuracy"] += masked_accuracy(real_logits, fake_logits, ~mask)
+            totals["structured_share"] += float(mask.float().mean())
+    return {key: value / len(pool) for key, value in totals.items()}
 
 
 def main() -> None:
@@ -84,12 +104,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=48)
     parser.add_argument("--held-out", type=int, default=12, help="batches kept out of the heads' training")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--flat-below", type=float, default=0.02,
+                        help="a token whose clean patch spreads less than this is flat (background, plain inside)")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     if not 1 <= args.held_out < args.batches:
         parser.error("--held-out must be at least 1 and leave batches to train on")
     cfg, objective = detail_objective(args.work, args.params, args.overrides)
-    widths, pool = collect(cfg, objective, args.batches)
+    widths, pool = collect(cfg, objective, args.batches, args.flat_below)
     train, held_out = pool[: -args.held_out], pool[-args.held_out:]
     disc = cfg.distill.discriminator
     torch.manual_seed(cfg.seed)
@@ -99,7 +121,7 @@ def main() -> None:
           f"{cfg.distill.detail.batch_size}")
     print("epoch 0 held-out", {k: round(v, 4) for k, v in evaluate(heads, held_out).items()}, flush=True)
     for epoch in range(1, args.epochs + 1):
-        for fake, real, grid in train:
+        for fake, real, grid, _ in train:
             optimizer.zero_grad(set_to_none=True)
             on_real, on_fake = hinge_terms(*judge_pair(heads, fake, real, grid))
             (on_real + on_fake).backward()

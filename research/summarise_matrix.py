@@ -91,22 +91,24 @@ def claim(rows: dict, run: str = "dcm", steps: int = 4) -> str:
 
 def health(paths: list[Path]) -> str:
     """The discriminator's health per detail job, from its logged curve: the hinge (2 = chance) and real-vs-fake
-    accuracy at the first logged step, over the last third of the run (mean and worst), and the GAN term's share
-    of the generator's gradient over that last third."""
+    accuracy per token at the first logged step and over the last third of the run (mean and worst), per clip
+    over that last third where the job logged it, and the GAN term's share of the generator's gradient."""
     jobs = {}
     for path in paths:
         jobs |= json.loads(path.read_text())
     lines = ["| job | steps | d_hinge first | d_hinge last third: mean (max) | d_accuracy first | "
-             "d_accuracy last third: mean (min) | GAN share of the gradient, last third |", "|---" * 7 + "|"]
+             "d_accuracy last third: mean (min) | clip accuracy, last third | GAN share of the gradient, last third |",
+             "|---" * 8 + "|"]
     for name, job in jobs.items():
         curve = [entry for entry in job.get("curve", []) if "d_hinge" in entry]
         if not curve:
             continue
         tail = curve[len(curve) - max(1, len(curve) // 3):]
         hinge, accuracy = [e["d_hinge"] for e in tail], [e["d_accuracy"] for e in tail]
+        clips = f"{statistics.mean(e['d_clip_accuracy'] for e in tail):.3f}" if "d_clip_accuracy" in tail[0] else "–"
         lines.append(f"| {name} | {curve[-1]['step']} | {curve[0]['d_hinge']:.3f} | {statistics.mean(hinge):.3f} "
                      f"({max(hinge):.3f}) | {curve[0]['d_accuracy']:.3f} | {statistics.mean(accuracy):.3f} "
-                     f"({min(accuracy):.3f}) | {statistics.mean(e['gan_grad_share'] for e in tail):.2f} |")
+                     f"({min(accuracy):.3f}) | {clips} | {statistics.mean(e['gan_grad_share'] for e in tail):.2f} |")
     return "\n".join(lines) if len(lines) > 2 else "no detail job logged the discriminator's health"
 
 

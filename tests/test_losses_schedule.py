@@ -7,7 +7,7 @@ import torch
 
 from dcm.config import ScheduleConfig
 from dcm.train.loop import lr_factor
-from dcm.losses import (discriminator_accuracy, feature_matching, hinge_discriminator, hinge_generator, hinge_terms,
+from dcm.losses import (clip_accuracy, discriminator_accuracy, feature_matching, hinge_discriminator, hinge_generator, hinge_terms,
                         l2, pseudo_huber,
                         temporal_coherence)
 from dcm.schedule import (END, add_noise, euler_nodes, euler_step, expert_threshold, inference_sigmas, inner_edges,
@@ -160,6 +160,17 @@ def test_discriminator_accuracy_by_hand():
     assert float(discriminator_accuracy(real, fake)) == pytest.approx(0.6875)
     zeros = [torch.zeros(3)]
     assert float(discriminator_accuracy(zeros, zeros)) == 0.0  # 0 is on neither side: no credit
+
+
+def test_clip_accuracy_by_hand():
+    # two heads, two clips of two tokens; a clip's verdict is its mean logit over heads and tokens
+    real = [torch.tensor([[3.0, -1.0], [-1.0, -1.0]]), torch.tensor([[1.0, 1.0], [-2.0, 2.0]])]
+    # clip 0: (1 + 1) / 2 = 1 > 0 right; clip 1: (−1 + 0) / 2 = −0.5 wrong → 1/2
+    fake = [torch.tensor([[-1.0, -1.0], [4.0, 0.0]]), torch.tensor([[0.0, 0.0], [-1.0, -1.0]])]
+    # clip 0: (−1 + 0) / 2 < 0 right; clip 1: (2 − 1) / 2 > 0 wrong → 1/2
+    assert float(clip_accuracy(real, fake)) == pytest.approx(0.5)
+    assert float(clip_accuracy([torch.zeros(2, 3)], [torch.zeros(2, 3)])) == 0.0  # 0 is on neither side
+    assert float(clip_accuracy([torch.ones(2, 3)], [-torch.ones(2, 3)])) == 1.0
 
 
 def test_feature_matching_by_hand_and_real_is_detached():

@@ -52,7 +52,7 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
     assert jobs["lcm-s0"]["metrics"]["lcm_4"]["psnr_vs_teacher"] > 0
     # every job's whole logged curve comes back, the detail stage's discriminator health included
     curve = jobs["dcm-s0"]["curve"]
-    assert curve[-1]["step"] == 4 and {"d_hinge", "d_accuracy", "gan_grad_share"} <= set(curve[-1])
+    assert curve[-1]["step"] == 4 and {"d_hinge", "d_accuracy", "d_clip_accuracy", "gan_grad_share"} <= set(curve[-1])
     # the teacher's rows were computed once and reused by every student's evaluation
     assert "teacher_6 reused" in (tmp_path / "work" / "runs" / "lcm-s0" / "log.txt").read_text()
     final = json.loads((out / "final_metrics.json").read_text())

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from dcm.config import DCMConfig
-from dcm.losses import discriminator_accuracy, feature_matching, hinge_generator, hinge_terms
+from dcm.losses import clip_accuracy, discriminator_accuracy, feature_matching, hinge_generator, hinge_terms
 from dcm.models.discriminator import Discriminator
 from dcm.schedule import euler_nodes, nodes_above, renoise
 from dcm.train.distributed import mean_across
@@ -61,7 +61,7 @@ class AdversarialLoss:
         self.optimizer: torch.optim.Optimizer | None = None  # built when the loop asks, after it sharded the heads
         self.detail_sigmas = euler_nodes(cfg.schedule)[: cfg.distill.kappa + 1].float()
         self._pending: list[tuple] = []  # one entry per micro-batch of the step
-        # (hinge on real, hinge on fake, accuracy) of the last logging window's steps: one step's values swing
+        # (hinge on real, hinge on fake, token accuracy, clip accuracy) of the last logging window's steps: one step's values swing
         # with its batch, so the health is logged as the window's mean
         self.recent_health: deque[torch.Tensor] = deque(maxlen=cfg.distill.detail.log_every)
 
@@ -112,7 +112,7 @@ class AdversarialLoss:
         logging window of steps."""
         pending, self._pending = self._pending, []
         optimizer = self.state_optimizers()["discriminator_optimizer"][1]
-        health = torch.zeros(3, device=pending[0][0][0].device)  # hinge on real, hinge on fake, accuracy
+        health = torch.zeros(4, device=pending[0][0][0].device)  # hinge on real and on fake, token and clip accuracy
         for update in range(self.cfg.distill.discriminator.updates_per_step):
             optimizer.zero_grad(set_to_none=True)  # the first also drops what the generator loss left on the heads
             for fake, real, grid in pending:
@@ -120,13 +120,13 @@ class AdversarialLoss:
                 on_real, on_fake = hinge_terms(real_logits, fake_logits)
                 ((on_real + on_fake) / len(pending)).backward()
                 if update == 0:
-                    health += torch.stack([on_real.detach(), on_fake.detach(),
-                                           discriminator_accuracy(real_logits, fake_logits)]) / len(pending)
+                    health += torch.stack([on_real.detach(), on_fake.detach(), discriminator_accuracy(real_logits, fake_logits),
+                                           clip_accuracy(real_logits, fake_logits)]) / len(pending)
             optimizer.step()
         self.recent_health.append(mean_across(health))
-        on_real, on_fake, accuracy = torch.stack(list(self.recent_health)).mean(0)
+        on_real, on_fake, accuracy, on_clips = torch.stack(list(self.recent_health)).mean(0)
         return {"d_hinge": on_real + on_fake, "d_hinge_real": on_real, "d_hinge_fake": on_fake,
-                "d_accuracy": accuracy}
+                "d_accuracy": accuracy, "d_clip_accuracy": on_clips}
 
     def accuracy(self) -> float | None:
         """Real-vs-fake accuracy over the last logging window of steps (None before any step of this run)."""
