@@ -76,25 +76,30 @@ def collect(cfg, objective, batches: int, flat_below: float) -> tuple[list, list
     return widths, pool
 
 
-def masked_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor], mask: torch.Tensor) -> float:
-    """discriminator_accuracy over the tokens `mask` selects only."""
+def masked_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor], mask: torch.Tensor) -> float | None:
+    """discriminator_accuracy over the tokens `mask` selects only (None when it selects none)."""
+    if not mask.any():
+        return None
     return float(discriminator_accuracy([r[mask] for r in real_logits], [f[mask] for f in fake_logits]))
 
 
 def evaluate(heads: Discriminator, pool: list[tuple]) -> dict[str, float]:
-    totals = dict.fromkeys(("hinge", "token_accuracy", "clip_accuracy", "structured_accuracy", "flat_accuracy",
-                            "structured_share"), 0.0)
+    values: dict[str, list[float]] = {key: [] for key in ("hinge", "token_accuracy", "clip_accuracy",
+                                                           "structured_accuracy", "flat_accuracy", "structured_share")}
     with torch.no_grad():
         for fake, real, grid, mask in pool:
             real_logits, fake_logits = judge_pair(heads, fake, real, grid)
             on_real, on_fake = hinge_terms(real_logits, fake_logits)
-            totals["hinge"] += float(on_real + on_fake)
-            totals["token_accuracy"] += float(discriminator_accuracy(real_logits, fake_logits))
-            totals["clip_accuracy"] += float(clip_accuracy(real_logits, fake_logits))
-            totals["structured_accuracy"] += masked_accuracy(real_logits, fake_logits, mask)
-            totals["flat_accuracy"] += masked_accuracy(real_logits, fake_logits, ~mask)
-            totals["structured_share"] += float(mask.float().mean())
-    return {key: value / len(pool) for key, value in totals.items()}
+            batch = {"hinge": float(on_real + on_fake),
+                     "token_accuracy": float(discriminator_accuracy(real_logits, fake_logits)),
+                     "clip_accuracy": float(clip_accuracy(real_logits, fake_logits)),
+                     "structured_accuracy": masked_accuracy(real_logits, fake_logits, mask),
+                     "flat_accuracy": masked_accuracy(real_logits, fake_logits, ~mask),
+                     "structured_share": float(mask.float().mean())}
+            for key, value in batch.items():
+                if value is not None:  # a batch without flat (or structured) tokens says nothing of them
+                    values[key].append(value)
+    return {key: sum(found) / len(found) if found else float("nan") for key, found in values.items()}
 
 
 def main() -> None:
@@ -118,7 +123,7 @@ def main() -> None:
     heads = Discriminator(widths, disc)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=disc.lr, betas=disc.betas, weight_decay=disc.weight_decay)
     print(f"real = {disc.real}, lr {disc.lr}, {len(train)} training and {len(held_out)} held-out batches of "
-          f"{cfg.distill.detail.batch_size}")
+          f"{cfg.distill.detail.batch_size}", flush=True)
     print("epoch 0 held-out", {k: round(v, 4) for k, v in evaluate(heads, held_out).items()}, flush=True)
     for epoch in range(1, args.epochs + 1):
         for fake, real, grid, _ in train:
