@@ -57,9 +57,8 @@ def discriminator_accuracy(real_logits: list[torch.Tensor], fake_logits: list[to
 
 def clip_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
     """The share of clips on the right side of 0 (real > 0, fake < 0) by their logits' mean over heads and
-    tokens ([(B, ...)] per head), real and fake weighted equally. Per token, tokens that look alike in real
-    and fake (a flat background) hold accuracy near 0.5 however well the heads judge the rest; the clip's
-    verdict is what a learning discriminator shows first."""
+    tokens ([(B, ...)] per head), real and fake weighted equally: the heads' verdict on whole clips, beside
+    discriminator_accuracy's per token."""
     def verdict(logits: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([l.float().flatten(1).mean(1) for l in logits]).mean(0)
     return ((verdict(real_logits) > 0).float().mean() + (verdict(fake_logits) < 0).float().mean()) / 2

@@ -50,3 +50,6 @@ matrix_s=$(( $(left) - 20 ))
 timeout $(( matrix_s + 15 )) python3 research/run_matrix.py --work "$work" --out "$out" --workers "${WORKERS:-16}" --per-gpu "${PER_GPU:-6}" \
   --budget-s "$matrix_s" ${PLAN:+--plan "$PLAN"} ${RUNS:+--runs "$RUNS"} ${TEACHER_PARTS:+--teacher-parts "$TEACHER_PARTS"} \
   ${EARLIER:+--earlier "$EARLIER"} -S profile=gpu "$@"
+rc=$?
+[ "$rc" -ne 124 ] || { echo "plan: stopped by timeout; call again"; exit 3; }  # it stops its jobs and writes matrix.json
+exit "$rc"

@@ -49,13 +49,13 @@ def detail_objective(work: Path, params: str, overrides: list[str]):
     return cfg, ConsistencyDistillation(build_student(cfg, "detail", teacher, "cpu"), teacher, cfg, "detail", uncond)
 
 
-def structured_tokens(latents: torch.Tensor, patch: tuple[int, int, int], threshold: float) -> torch.Tensor:
-    """(B, frames, rows, cols) True where the clean clip's patch under a token is not flat (its values spread
-    over more than `threshold`): an object's edge or texture, where real and fake can differ. Flat tokens (the
-    background, a plain object's inside) look alike in both, so per-token accuracy there stays near chance."""
+def structured_tokens(latents: torch.Tensor, grid: tuple[int, int, int], threshold: float) -> torch.Tensor:
+    """(B, frames, rows, cols) True where the clean clip's patch under a token of the token `grid` is not flat
+    (its values spread over more than `threshold`): an object's edge or texture. Flat tokens are the background
+    and plain objects' insides (the suspicion that they stay at chance was refuted: RESULTS.md)."""
     b, c, t, h, w = latents.shape
-    pt, ph, pw = patch
-    patches = latents.float().reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+    pt, ph, pw = t // grid[0], h // grid[1], w // grid[2]
+    patches = latents.float().reshape(b, c, grid[0], pt, grid[1], ph, grid[2], pw)
     return patches.std(dim=(1, 3, 5, 7)) > threshold
 
 
@@ -69,7 +69,8 @@ def collect(cfg, objective, batches: int, flat_below: float) -> tuple[list, list
         batch = next(stream)
         with torch.no_grad():
             objective.loss(batch, generator, slice(0, len(batch)))
-        mask = structured_tokens(stack(batch, "latents", "cpu"), tuple(cfg.teacher.toy.model.patch_size), flat_below)
+        latents = stack(batch, "latents", "cpu")
+        mask = structured_tokens(latents, objective.teacher.token_grid(tuple(latents.shape)), flat_below)
         pool.extend((*pending, mask) for pending in objective.adversarial._pending)
         objective.adversarial._pending = []
     widths = [feature.shape[-1] for feature in pool[0][0]]

@@ -175,7 +175,10 @@ def curve_logger(path: Path):
 def read_curve(path: Path) -> list[dict]:
     by_step = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the line a killed job was writing
+            continue
         by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]
 
@@ -245,10 +248,7 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
         for job in blocked:
             job.state = by_name[job.needs].state
         if time.time() > budget_end - MARGIN_S / 2 or (not running and not waiting):
-            for job in running:  # past their own time limit (an evaluation, say): stop; rows are kept
-                os.killpg(job.process.pid, signal.SIGTERM)
-                job.process.wait()
-                job.state = "stopped"
+            stop_jobs(running)  # past their own time limit (an evaluation, say): stop; rows are kept
             return
         for job in waiting[: gpus * per_gpu - len(running)]:
             load = [sum(1 for j in running if j.gpu == g) for g in range(gpus)]
@@ -267,6 +267,22 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
             running.append(job)
             print(f"{time.strftime('%H:%M:%S')} {job.name}: started on GPU {job.gpu}", flush=True)
         time.sleep(2)
+
+
+def stop_jobs(jobs: list[Job]) -> None:
+    """Stop running jobs (each in its own session, with its loader processes); their checkpoints continue them."""
+    for job in jobs:
+        if job.state == "running" and job.process.poll() is None:
+            os.killpg(job.process.pid, signal.SIGTERM)
+            job.process.wait()
+        if job.state == "running":
+            job.state = "stopped"
+
+
+def terminated(signum, frame) -> None:
+    """SIGTERM (device_claim.sh's `timeout`, say): stop like a budget that ran out, so the jobs stop too and
+    matrix.json is written, instead of dying with the jobs left running."""
+    raise SystemExit(STOPPED)
 
 
 def final_runs(final: list[str], jobs: list[Job]) -> list[str] | None:
@@ -379,6 +395,7 @@ def main() -> None:
     print(f"{sum(j.state == 'waiting' for j in jobs)} jobs to run on {gpus} GPU(s) × {args.per_gpu} "
           f"({sum(j.state == 'earlier' for j in jobs)} finished on an earlier machine)", flush=True)
     final_done = work / "eval-final" / "metrics.json"
+    signal.signal(signal.SIGTERM, terminated)
     try:  # training gets the whole budget: time kept back for the final evaluation is lost if jobs are unfinished
         schedule(jobs, work, out, gpus, args.per_gpu, budget_end)
         final = final_runs(plan.get("final", []), jobs) if not final_done.is_file() else []
@@ -387,6 +404,7 @@ def main() -> None:
         elif final:
             print(f"final evaluation: less than {args.final_s:.0f} s left; call again", flush=True)
     finally:
+        stop_jobs(jobs)
         summarise(jobs, work, out)
     failed = [job.name for job in jobs if job.state == "failed"]
     if failed:  # running them again would fail again: their logs (matrix.log) say why

@@ -3,6 +3,7 @@ equal, every student is evaluated against the teacher's rows, and research/summa
 result into RESULTS.md's tables and a sample grid."""
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -111,6 +112,22 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
                               "--work", str(tmp_path / "work2"), "--out", str(again), "--budget-s", "1",
                               "--runs", "lcm", *overrides], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert stopped.returncode == 3 and "work left: lcm-s0" in stopped.stdout, stopped.stdout + stopped.stderr
+
+    # SIGTERM (device_claim.sh's timeout) stops the plan like its budget: exit 3, its jobs stopped, matrix.json written
+    work3 = tmp_path / "work3"
+    plan_run = subprocess.Popen([sys.executable, str(REPO / "research" / "run_matrix.py"), "--plan", str(plan), "--work",
+                                 str(work3), "--out", str(work3 / "out"), "--teacher-parts", str(teacher), "--workers", "2",
+                                 "--budget-s", "800", "--runs", "lcm", *overrides], stdout=subprocess.PIPE, text=True,
+                                cwd=REPO)
+    seen = ""
+    while "lcm-s0: started" not in seen:
+        line = plan_run.stdout.readline()
+        assert line, seen  # the plan ended before its job started
+        seen += line
+    plan_run.send_signal(signal.SIGTERM)
+    assert plan_run.wait(timeout=120) == 3
+    assert json.loads((work3 / "out" / "matrix.json").read_text())["lcm-s0"]["state"] == "stopped"
+    assert subprocess.run(["pgrep", "-f", str(work3)], capture_output=True).stdout == b""  # no job left running
 
 
 def test_a_misspelt_plan_key_stops_before_any_work(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ the prediction's features towards the target's.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import AbstractContextManager
 from typing import Callable
 
 import torch
@@ -20,7 +21,7 @@ from dcm.losses import clip_accuracy, discriminator_accuracy, feature_matching, 
 from dcm.models.discriminator import Discriminator
 from dcm.schedule import euler_nodes, nodes_above, renoise
 from dcm.train.distributed import mean_across
-from dcm.train.loop import device_generator
+from dcm.train.loop import bf16_autocast, device_generator
 
 
 def split_gradient(pred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable[[], torch.Tensor]]:
@@ -47,6 +48,27 @@ def judge_pair(discriminator: Discriminator, fake: list[torch.Tensor], real: lis
     logits = discriminator([torch.cat([r, f]) for r, f in zip(real, fake)], grid)
     count = len(real[0])
     return [l[:count] for l in logits], [l[count:] for l in logits]
+
+
+def train_heads(discriminator: Discriminator, optimizer: torch.optim.Optimizer, pending: list[tuple], updates: int,
+                compute: Callable[[], AbstractContextManager]) -> torch.Tensor:
+    """`updates` hinge steps of the heads on `pending` [(fake features, real features, token grid)] (one entry
+    per micro-batch), each forward under a fresh `compute()` context (the training precision, with autocast's
+    weight cache off: every update must read the weights the previous one stepped). Returns the first pass's
+    (hinge on real, hinge on fake, token accuracy, clip accuracy): on features the heads have not trained on."""
+    health = torch.zeros(4, device=pending[0][0][0].device)
+    for update in range(updates):
+        optimizer.zero_grad(set_to_none=True)  # the first also drops what the generator loss left on the heads
+        for fake, real, grid in pending:
+            with compute():
+                real_logits, fake_logits = judge_pair(discriminator, fake, real, grid)
+            on_real, on_fake = hinge_terms(real_logits, fake_logits)
+            ((on_real + on_fake) / len(pending)).backward()
+            if update == 0:
+                health += torch.stack([on_real.detach(), on_fake.detach(), discriminator_accuracy(real_logits, fake_logits),
+                                       clip_accuracy(real_logits, fake_logits)]) / len(pending)
+        optimizer.step()
+    return health
 
 
 class AdversarialLoss:
@@ -106,23 +128,13 @@ class AdversarialLoss:
 
     def discriminator_step(self) -> dict[str, torch.Tensor]:
         """discriminator.updates_per_step hinge steps of the heads on the features the generator step just
-        produced (every micro-batch's; FSDP averages the gradients over the processes). Real and fake go through
-        the heads in one call. The health is the first pass's (features the heads have not been trained on yet,
-        so it measures what they learnt rather than how well they fit this batch), averaged over the last
-        logging window of steps."""
+        produced (every micro-batch's; FSDP averages the gradients over the processes; see train_heads). The
+        health logged is the first pass's, averaged over the last logging window of steps."""
         pending, self._pending = self._pending, []
         optimizer = self.state_optimizers()["discriminator_optimizer"][1]
-        health = torch.zeros(4, device=pending[0][0][0].device)  # hinge on real and on fake, token and clip accuracy
-        for update in range(self.cfg.distill.discriminator.updates_per_step):
-            optimizer.zero_grad(set_to_none=True)  # the first also drops what the generator loss left on the heads
-            for fake, real, grid in pending:
-                real_logits, fake_logits = judge_pair(self.discriminator, fake, real, grid)
-                on_real, on_fake = hinge_terms(real_logits, fake_logits)
-                ((on_real + on_fake) / len(pending)).backward()
-                if update == 0:
-                    health += torch.stack([on_real.detach(), on_fake.detach(), discriminator_accuracy(real_logits, fake_logits),
-                                           clip_accuracy(real_logits, fake_logits)]) / len(pending)
-            optimizer.step()
+        device, precision = pending[0][0][0].device, self.cfg.distill.detail.precision
+        health = train_heads(self.discriminator, optimizer, pending, self.cfg.distill.discriminator.updates_per_step,
+                             lambda: bf16_autocast(device, precision, cache=False))
         self.recent_health.append(mean_across(health))
         on_real, on_fake, accuracy, on_clips = torch.stack(list(self.recent_health)).mean(0)
         return {"d_hinge": on_real + on_fake, "d_hinge_real": on_real, "d_hinge_fake": on_fake,

@@ -61,6 +61,15 @@ class TrainResult:
     checkpoint_s: list[float] = field(default_factory=list)  # each checkpoint save of this call
 
 
+def bf16_autocast(device: torch.device, precision: str, cache: bool = True) -> torch.autocast:
+    """The loss's compute precision: bf16 autocast where the train config asks for it and the device runs it
+    fast (CUDA); weights and optimiser stay fp32. cache=False for a region that steps an optimiser on the
+    weights it casts: autocast keeps its bf16 copies until the outermost region ends, so later passes in the
+    same region would read the weights as they were before the step."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16" and device.type == "cuda",
+                          cache_enabled=cache)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,7 +184,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
         stream.restore(state["stream"])
         result.steps = result.resumed_from = state["step"]
         result.losses = list(state["losses"])
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16" and device.type == "cuda")
+    autocast = bf16_autocast(device, cfg.precision)
 
     def checkpoint() -> None:  # collective: every rank writes its shards
         saving = time.perf_counter()
@@ -216,9 +225,8 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
                                  "is kept. Lower the learning rate or check the data")
             optimizer.step()
             scheduler.step()
-            if after_step is not None:  # the discriminator's step: its heads compute in the loss's precision too
-                with autocast:
-                    logs = {**logs, **after_step()}
+            if after_step is not None:
+                logs = {**logs, **after_step()}
             if ema is not None:
                 ema_update(ema, method.module, ema_decay_at(result.steps, cfg.ema_decay))
             result.steps += 1
