@@ -105,8 +105,8 @@ def import_matrix(folder: Path, params: Path, here, earlier: dict[str, list]) ->
     that machine's matrix.json; the teacher's evaluation is in every student's rows."""
     lines = []
     for name, job in read_json(folder / MATRIX).items():
-        if job.get("state") != "done" or job.get("stage") == "teacher":
-            continue
+        if job.get("state") != "done" or job.get("stage") == "teacher" or not (job.get("metrics") or job.get("curve")):
+            continue  # unfinished, the teacher's rows (in every student's), or nothing recorded (older plans' experts)
         key = f"matrix:{name}:{sha256_json(job)[:16]}"
         if already_imported(earlier, key):
             lines.append(f"{name}: already imported ({key})")
