@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from dcm.models.discriminator import Discriminator
 from dcm.stages.distill import build_student
 from dcm.stages.paths import EMPTY_PROMPT
 from dcm.stages.teacher import load_teacher
-from dcm.train.adversarial import judge_pair
+from dcm.train.adversarial import judge_pair, train_heads
 from dcm.train.consistency import ConsistencyDistillation
 
 
@@ -127,11 +128,8 @@ def main() -> None:
           f"{cfg.distill.detail.batch_size}", flush=True)
     print("epoch 0 held-out", {k: round(v, 4) for k, v in evaluate(heads, held_out).items()}, flush=True)
     for epoch in range(1, args.epochs + 1):
-        for fake, real, grid, _ in train:
-            optimizer.zero_grad(set_to_none=True)
-            on_real, on_fake = hinge_terms(*judge_pair(heads, fake, real, grid))
-            (on_real + on_fake).backward()
-            optimizer.step()
+        for fake, real, grid, _ in train:  # one step of the stage's own heads update per batch (fp32 on CPU)
+            train_heads(heads, optimizer, [(fake, real, grid)], 1, nullcontext)
         if epoch % max(1, args.epochs // 10) == 0 or epoch == args.epochs:
             print(f"epoch {epoch} train", {k: round(v, 4) for k, v in evaluate(heads, train).items()},
                   "held-out", {k: round(v, 4) for k, v in evaluate(heads, held_out).items()}, flush=True)

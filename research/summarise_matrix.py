@@ -26,11 +26,17 @@ COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), (
            ("oversaturated_fraction", "over-saturated", 3), ("temporal_flicker", "temporal flicker", 4))
 
 
-def collect(paths: list[Path]) -> dict[tuple[str, int], list[dict]]:
-    """(run, steps) → one metrics row per finished seed; the teacher under ("teacher", its steps)."""
+def load_jobs(paths: list[Path]) -> dict[str, dict]:
+    """Every job of the given matrix.json files; one found in several is taken from the last."""
     jobs = {}
     for path in paths:
         jobs |= json.loads(path.read_text())
+    return jobs
+
+
+def collect(paths: list[Path]) -> dict[tuple[str, int], list[dict]]:
+    """(run, steps) → one metrics row per finished seed; the teacher under ("teacher", its steps)."""
+    jobs = load_jobs(paths)
     rows: dict[tuple[str, int], list[dict]] = {}
     teacher = {}
     for job in jobs.values():
@@ -93,9 +99,7 @@ def health(paths: list[Path]) -> str:
     """The discriminator's health per detail job, from its logged curve: the hinge (2 = chance) and real-vs-fake
     accuracy per token at the first logged step and over the last third of the run (mean and worst), per clip
     over that last third where the job logged it, and the GAN term's share of the generator's gradient."""
-    jobs = {}
-    for path in paths:
-        jobs |= json.loads(path.read_text())
+    jobs = load_jobs(paths)
     lines = ["| job | steps | d_hinge first | d_hinge last third: mean (max) | d_accuracy first | "
              "d_accuracy last third: mean (min) | clip accuracy, last third | GAN share of the gradient, last third |",
              "|---" * 8 + "|"]

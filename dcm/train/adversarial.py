@@ -83,8 +83,8 @@ class AdversarialLoss:
         self.optimizer: torch.optim.Optimizer | None = None  # built when the loop asks, after it sharded the heads
         self.detail_sigmas = euler_nodes(cfg.schedule)[: cfg.distill.kappa + 1].float()
         self._pending: list[tuple] = []  # one entry per micro-batch of the step
-        # (hinge on real, hinge on fake, token accuracy, clip accuracy) of the last logging window's steps: one step's values swing
-        # with its batch, so the health is logged as the window's mean
+        # (hinge on real, hinge on fake, token accuracy, clip accuracy) of the last logging window's steps:
+        # one step's values swing with its batch, so the health is logged as the window's mean
         self.recent_health: deque[torch.Tensor] = deque(maxlen=cfg.distill.detail.log_every)
 
     def state_modules(self) -> dict:
