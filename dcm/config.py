@@ -296,6 +296,8 @@ class DiscriminatorConfig(Strict):
     betas: tuple[float, float]
     weight_decay: float = Field(ge=0)
     updates_per_step: int = Field(ge=1)  # the heads' optimiser steps on each generator step's features (reference: 1)
+    warmup_steps: int = Field(ge=0)  # detail steps at the start whose hinge term does not reach the student while
+    # the heads train (feature matching does): the critic leads before it steers (0: the reference, from step 1)
 
     @model_validator(mode="after")
     def _groups_divide(self) -> DiscriminatorConfig:

@@ -11,6 +11,9 @@ in the stage either. Run inside a project that ran `make run` (it reads data/lat
 data/students/semantic, and writes only under --work):
 
     python research/discriminator_probe.py [--batches 48] [--epochs 30] [-S distill.discriminator.real=data ...]
+
+--pool FILE keeps the collected features: a later call with the same FILE (and the same real/batches) trains
+other heads (lr, width, betas) on exactly the same features without collecting them again.
 """
 
 from __future__ import annotations
@@ -113,12 +116,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--flat-below", type=float, default=0.02,
                         help="a token whose clean patch spreads less than this is flat (background, plain inside)")
+    parser.add_argument("--pool", type=Path, help="features cached here: read when the file exists, else written")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     if not 1 <= args.held_out < args.batches:
         parser.error("--held-out must be at least 1 and leave batches to train on")
-    cfg, objective = detail_objective(args.work, args.params, args.overrides)
-    widths, pool = collect(cfg, objective, args.batches, args.flat_below)
+    if args.pool is not None and args.pool.exists():
+        cfg = load_config(args.params, args.overrides)
+        widths, pool = torch.load(args.pool)
+        if len(pool) != args.batches:
+            parser.error(f"{args.pool} holds {len(pool)} batches, not --batches {args.batches}: delete it or match")
+        print(f"features read from {args.pool}", flush=True)
+    else:
+        cfg, objective = detail_objective(args.work, args.params, args.overrides)
+        widths, pool = collect(cfg, objective, args.batches, args.flat_below)
+        if args.pool is not None:
+            torch.save((widths, pool), args.pool)
     train, held_out = pool[: -args.held_out], pool[-args.held_out:]
     disc = cfg.distill.discriminator
     torch.manual_seed(cfg.seed)

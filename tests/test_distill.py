@@ -139,6 +139,32 @@ def test_discriminator_takes_its_updates_on_every_generator_step(config, capsys)
     assert "the discriminator stayed at chance" in capsys.readouterr().out
 
 
+def test_the_hinge_term_reaches_the_student_only_after_the_heads_warm_up(config, tmp_path):
+    """discriminator.warmup_steps = 2 of 4 steps, feature matching off: steps 1–2 the GAN's share of the
+    gradient at the prediction is exactly 0 (the hinge is computed, logged, and weighted 0), from step 3 it is
+    not; the heads train on every step (their step count, checkpointed, reaches 4). A run stopped after step 1
+    resumes with the count it had, so its warm-up ends at the same step as the uninterrupted run's."""
+    overrides = ("distill.discriminator.warmup_steps=2", "distill.fm_weight=0.0", "distill.detail.log_every=1")
+    cfg = config(*overrides)
+    run_distill_stage(cfg, "semantic")
+    logged = {}
+    run_distill_stage(cfg, "detail", on_log=lambda step, metrics: logged.update({step: metrics}))
+    assert [logged[step]["gan_on"] for step in (1, 2, 3, 4)] == [0.0, 0.0, 1.0, 1.0]
+    assert logged[1]["gan_grad_share"] == 0.0 and logged[2]["gan_grad_share"] == 0.0
+    assert logged[3]["gan_grad_share"] > 0.0 and logged[4]["gan_grad_share"] > 0.0
+    tensors = checkpoint_tensors(latest_checkpoint(Path(cfg.distill.checkpoint_dir) / "detail"))
+    assert [int(v) for k, v in tensors.items() if k.endswith("steps_trained")] == [4]
+
+    resumed = config(*overrides, f"distill.out_dir={tmp_path / 'resumed'}",
+                     f"distill.checkpoint_dir={tmp_path / 'ckpt-resumed'}")
+    run_distill_stage(resumed, "semantic")
+    with pytest.raises(StageError, match="stopped at step"):
+        run_distill_stage(resumed, "detail", stop_after=1)
+    logged.clear()
+    run_distill_stage(resumed, "detail", on_log=lambda step, metrics: logged.update({step: metrics}))
+    assert [logged[step]["gan_on"] for step in (2, 3, 4)] == [0.0, 1.0, 1.0]
+
+
 def test_every_update_of_the_heads_reads_the_weights_the_last_one_stepped():
     """Autocast keeps bf16 copies of the weights it casts until its outermost region ends: heads updated several
     times inside one region (as the loop once ran the discriminator's step, under its own autocast) kept reading
@@ -155,7 +181,7 @@ def test_every_update_of_the_heads_reads_the_weights_the_last_one_stepped():
         torch.manual_seed(0)
         return Discriminator([16, 16], DiscriminatorConfig(
             tap_every=1, hidden=8, groups=2, residual=True, real="data", leaky_slope=0.01, chance_accuracy=0.55,
-            lr=1e-2, betas=(0.0, 0.999), weight_decay=0.0, updates_per_step=3))
+            lr=1e-2, betas=(0.0, 0.999), weight_decay=0.0, updates_per_step=3, warmup_steps=0))
 
     def trained(outer) -> list[torch.Tensor]:
         heads = fresh_heads()

@@ -138,7 +138,10 @@ def test_a_misspelt_plan_key_stops_before_any_work(tmp_path, monkeypatch):
                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2 and not (tmp_path / "work").exists()
     assert "final_overides: unknown plan key" in done.stderr and "runs.lcm.override: unknown run key" in done.stderr
-    # the committed plan is well formed
+    # every committed plan is well formed, and each of its runs' overrides is a valid configuration
     monkeypatch.syspath_prepend(str(REPO / "research"))
-    from run_matrix import plan_mistakes
-    assert plan_mistakes(yaml.safe_load((REPO / "research" / "plans" / "claim.yaml").read_text())) == []
+    from run_matrix import plan_jobs, plan_mistakes
+    plans = sorted((REPO / "research" / "plans").glob("*.yaml"))
+    assert [path.name for path in plans if plan_mistakes(yaml.safe_load(path.read_text()))] == []
+    for path in plans:
+        assert plan_jobs(yaml.safe_load(path.read_text()), ["profile=gpu"], tmp_path / "jobs")

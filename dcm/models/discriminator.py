@@ -47,6 +47,9 @@ class Discriminator(nn.Module):
     def __init__(self, widths: list[int], cfg: DiscriminatorConfig):
         super().__init__()
         self.heads = nn.ModuleList(Head(width, cfg) for width in widths)
+        # generator steps whose features the heads have trained on: checkpointed with them, so the GAN's
+        # warm-up (discriminator.warmup_steps) resumes where it stood
+        self.register_buffer("steps_trained", torch.zeros((), dtype=torch.long))
 
     def forward(self, features: list[torch.Tensor], grid: tuple[int, int, int]) -> list[torch.Tensor]:
         """Per-head logits (B, frames, rows, cols) for tapped features [(B, L, D_k)]."""

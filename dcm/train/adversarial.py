@@ -1,7 +1,8 @@
 """The detail stage's adversarial terms (DESIGN.md §2): hinge GAN on the frozen teacher's block features
 plus feature matching through the teacher's output projection, and the discriminator's own step.
 
-Fake = the student's prediction; real = the consistency target (the reference code) or, with
+During the first discriminator.warmup_steps steps the heads train but their hinge term does not reach the
+student (feature matching does). Fake = the student's prediction; real = the consistency target (the reference code) or, with
 discriminator.real = data, the training clip at the same edge. Both are pushed from the segment edge they
 sit at (the end of the trajectory, or a detail phase's edge) up to one random detail-range sigma above it
 per sample, with the same noise, then read by the frozen teacher with block taps. Feature matching pulls
@@ -122,9 +123,11 @@ class AdversarialLoss:
         hinge = hinge_generator(self.discriminator(fake, grid))
         matching = feature_matching([self.teacher.project_features(f) for f in fake],
                                     [self.teacher.project_features(r) for r in matched])
-        loss = distill.adv_weight * (distill.generator_weight * hinge + distill.fm_weight * matching)
+        # a tensor, not a Python bool: the step count lives on the device and reading it would stall the queue
+        gan_on = (self.discriminator.steps_trained >= distill.discriminator.warmup_steps).float()
+        loss = distill.adv_weight * (distill.generator_weight * gan_on * hinge + distill.fm_weight * matching)
         self._pending.append(([f.detach() for f in fake], seen, grid))
-        return loss, {"g_hinge": hinge.detach(), "feature_matching": matching.detach()}
+        return loss, {"g_hinge": hinge.detach(), "feature_matching": matching.detach(), "gan_on": gan_on}
 
     def discriminator_step(self) -> dict[str, torch.Tensor]:
         """discriminator.updates_per_step hinge steps of the heads on the features the generator step just
@@ -135,6 +138,7 @@ class AdversarialLoss:
         device, precision = pending[0][0][0].device, self.cfg.distill.detail.precision
         health = train_heads(self.discriminator, optimizer, pending, self.cfg.distill.discriminator.updates_per_step,
                              lambda: bf16_autocast(device, precision, cache=False))
+        self.discriminator.steps_trained += 1
         self.recent_health.append(mean_across(health))
         on_real, on_fake, accuracy, on_clips = torch.stack(list(self.recent_health)).mean(0)
         return {"d_hinge": on_real + on_fake, "d_hinge_real": on_real, "d_hinge_fake": on_fake,
