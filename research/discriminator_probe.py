@@ -24,7 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dcm.config import DEFAULT_PARAMS, load_config
 from dcm.data.latents import decode_precomputed, stack
@@ -81,6 +81,25 @@ def collect(cfg, objective, batches: int, flat_below: float) -> tuple[list, list
     return widths, pool
 
 
+def save_pool(path: Path, pool: list[tuple]) -> None:
+    """The collected features as safetensors: per batch its fake and real taps, token grid and token mask."""
+    tensors = {}
+    for i, (fake, real, grid, mask) in enumerate(pool):
+        tensors |= {f"{i}/fake/{k}": f.clone() for k, f in enumerate(fake)}
+        tensors |= {f"{i}/real/{k}": r.clone() for k, r in enumerate(real)}
+        tensors |= {f"{i}/grid": torch.tensor(grid), f"{i}/mask": mask.contiguous()}
+    save_file(tensors, path)
+
+
+def load_pool(path: Path) -> tuple[list[int], list[tuple]]:
+    """(heads' input widths, pool) as save_pool wrote them."""
+    tensors = load_file(path)
+    batches, taps = len([k for k in tensors if k.endswith("/grid")]), len([k for k in tensors if k.startswith("0/fake/")])
+    pool = [([tensors[f"{i}/fake/{k}"] for k in range(taps)], [tensors[f"{i}/real/{k}"] for k in range(taps)],
+             tuple(tensors[f"{i}/grid"].tolist()), tensors[f"{i}/mask"]) for i in range(batches)]
+    return [feature.shape[-1] for feature in pool[0][0]], pool
+
+
 def masked_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor], mask: torch.Tensor) -> float | None:
     """discriminator_accuracy over the tokens `mask` selects only (None when it selects none)."""
     if not mask.any():
@@ -123,7 +142,7 @@ def main() -> None:
         parser.error("--held-out must be at least 1 and leave batches to train on")
     if args.pool is not None and args.pool.exists():
         cfg = load_config(args.params, args.overrides)
-        widths, pool = torch.load(args.pool)
+        widths, pool = load_pool(args.pool)
         if len(pool) != args.batches:
             parser.error(f"{args.pool} holds {len(pool)} batches, not --batches {args.batches}: delete it or match")
         print(f"features read from {args.pool}", flush=True)
@@ -131,7 +150,7 @@ def main() -> None:
         cfg, objective = detail_objective(args.work, args.params, args.overrides)
         widths, pool = collect(cfg, objective, args.batches, args.flat_below)
         if args.pool is not None:
-            torch.save((widths, pool), args.pool)
+            save_pool(args.pool, pool)
     train, held_out = pool[: -args.held_out], pool[-args.held_out:]
     disc = cfg.distill.discriminator
     torch.manual_seed(cfg.seed)
