@@ -2,8 +2,8 @@
 plus feature matching through the teacher's output projection, and the discriminator's own step.
 
 During the first discriminator.warmup_steps steps the heads train but their hinge term does not reach the
-student (feature matching does). Fake = the student's prediction; real = the consistency target (the reference code) or, with
-discriminator.real = data, the training clip at the same edge. Both are pushed from the segment edge they
+student (feature matching does). Fake = the student's prediction; real = the consistency target (the
+reference code) or, with discriminator.real = data, the training clip at the same edge. Both are pushed from the segment edge they
 sit at (the end of the trajectory, or a detail phase's edge) up to one random detail-range sigma above it
 per sample, with the same noise, then read by the frozen teacher with block taps. Feature matching pulls
 the prediction's features towards the target's.
