@@ -367,6 +367,7 @@ class EvaluateConfig(Strict):
     device: str
     grid_prompts: int = Field(ge=1)  # rows of the sample grid
     wait_for_ranks_s: float = Field(gt=0)  # several workers: how long one waits for a row another computes
+    pcm_reference_sampler: bool  # PCM students also at the reference's step placement (rows pcm_reference_N)
     vbench: VBenchConfig
 
 

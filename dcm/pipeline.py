@@ -156,15 +156,16 @@ class DCMPipeline:
 
     @torch.no_grad()
     def videos(self, prompts: list[str], seeds: list[int], steps: int, frames: int, height: int, width: int,
-               batch_size: int) -> torch.Tensor:
+               batch_size: int, sigmas: list[float] | None = None) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1], each prompt from its own seeded noise (`sampling.seeded_noise`), so a
-        student starts from the same noise as the teacher's reference sampler for the same prompt."""
+        student starts from the same noise as the teacher's reference sampler for the same prompt. sigmas: as
+        __call__ takes them (None: the student's own placement)."""
         shape = self.family.latent_shape(frames, height, width)
         parts = []
         for start in range(0, len(prompts), batch_size):
             noise = seeded_noise(seeds[start:start + batch_size], shape, torch.device("cpu"))
             out = self(prompts[start:start + batch_size], num_inference_steps=steps, num_frames=frames, height=height,
-                       width=width, latents=noise, output_type="pt").frames
+                       width=width, latents=noise, output_type="pt", sigmas=sigmas).frames
             parts.append((out.permute(0, 4, 1, 2, 3) * 2 - 1).cpu())  # many clips: collect them off the GPU
         return torch.cat(parts)
 

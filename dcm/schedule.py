@@ -66,6 +66,17 @@ def sampling_sigmas(cfg: ScheduleConfig, steps: int) -> torch.Tensor:
     return torch.cat([nodes[chosen], nodes.new_zeros(1)])
 
 
+def reference_pcm_sigmas(cfg: ScheduleConfig, steps: int) -> torch.Tensor:
+    """Descending sigmas (ending at 0) where the reference's PCM sampler puts `steps` Euler steps (fastvideo's
+    InferencePCMFMScheduler with pcm_timesteps = euler_nodes): the nodes at descending index
+    floor(linspace(0, N, steps, endpoint=False)). Not on PCM's phase edges: 4 steps over 50 nodes start at
+    nodes 49, 37, 24, 12 where the edges (inference_sigmas) give 49, 36, 24, 11."""
+    check_step_count(cfg, steps)
+    nodes = euler_nodes(cfg)
+    chosen = torch.tensor([cfg.euler_nodes - 1 - k * cfg.euler_nodes // steps for k in range(steps)])
+    return torch.cat([nodes[chosen], nodes.new_zeros(1)])
+
+
 def sample_training_sigmas(batch: int, cfg: ScheduleConfig, generator: torch.Generator,
                            logit_mean: float, logit_std: float) -> torch.Tensor:
     """Continuous sigmas for flow-matching training: logit-normal, then the same shift as the grid."""

@@ -22,13 +22,18 @@ pytestmark = pytest.mark.fast
 
 def test_evaluation_compares_teacher_dcm_and_baselines(config):
     cfg = config("evaluate.prompts=3", "evaluate.latency_repeats=1", "evaluate.student_steps=[1,4]",
-                 "evaluate.grid_prompts=2", "distill.baselines=[lcm]")
+                 "evaluate.grid_prompts=2", "distill.baselines=[pcm]")
     for method in ("semantic", "detail", "lcm", "pcm"):
         run_distill_stage(cfg, method)
     result = run_evaluate_stage(cfg)
     metrics = json.loads((result["files"]["report"].parent / "metrics.json").read_text())
-    assert {"teacher_6", "dcm_1", "dcm_4", "lcm_1", "lcm_4"} <= set(metrics)
-    assert "pcm_4" not in metrics  # trained but not listed in distill.baselines: no pcm row
+    assert {"teacher_6", "dcm_1", "dcm_4", "pcm_1", "pcm_4", "pcm_reference_1", "pcm_reference_4"} <= set(metrics)
+    assert "lcm_4" not in metrics  # trained but not listed in distill.baselines: no lcm row
+    assert not any(key.startswith("dcm_reference") for key in metrics)  # the reference placement is PCM's alone
+    # 10 nodes, 4 phases: the phase edges start the steps at nodes 9, 6, 4, 1, the reference's at 9, 7, 4, 2;
+    # one step is node 9 either way, so those rows are the same clips
+    assert metrics["pcm_reference_4"]["psnr_vs_teacher"] != metrics["pcm_4"]["psnr_vs_teacher"]
+    assert metrics["pcm_reference_1"]["psnr_vs_teacher"] == metrics["pcm_1"]["psnr_vs_teacher"]
     for key in ("judge_overall", "judge_colour", "psnr_vs_teacher", "ssim_vs_teacher", "saturation_mean",
                 "oversaturated_fraction", "latency_s", "speedup"):
         assert key in metrics["dcm_4"], key

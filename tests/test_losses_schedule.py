@@ -11,7 +11,7 @@ from dcm.losses import (clip_accuracy, discriminator_accuracy, feature_matching,
                         l2, pseudo_huber,
                         temporal_coherence)
 from dcm.schedule import (END, add_noise, euler_nodes, euler_step, expert_threshold, inference_sigmas, inner_edges,
-                          nodes_above, renoise, sampling_sigmas, segment_edges, shift_sigmas, steps_per_segment,
+                          nodes_above, reference_pcm_sigmas, renoise, sampling_sigmas, segment_edges, shift_sigmas, steps_per_segment,
                           target_node, training_nodes)
 
 pytestmark = pytest.mark.fast
@@ -63,6 +63,21 @@ def test_inference_sigmas_split_evenly_between_experts_by_hand():
     assert steps_per_segment(5, 2) == [3, 2] and steps_per_segment(1, 4) == [1, 0, 0, 0]
     with pytest.raises(ValueError, match="only 12 nodes"):
         inference_sigmas(REFERENCE, 26, dcm)  # 13 steps into the 12-node semantic segment
+
+
+def test_the_reference_pcm_placement_by_hand():
+    # fastvideo's InferencePCMFMScheduler: descending node indices floor(linspace(0, 50, 4, endpoint=False)) =
+    # 0, 12, 25, 37, i.e. nodes 49, 37, 24, 12 — one node off PCM's own phase edges (49, 36, 24, 11) twice
+    nodes = euler_nodes(REFERENCE)
+    assert reference_pcm_sigmas(REFERENCE, 4).tolist() == pytest.approx(
+        [1.0, 0.981763, float(nodes[24]), float(nodes[12]), 0.0], abs=1e-6)
+    assert float(nodes[24]) == pytest.approx(shifted(0.5)) and float(nodes[12]) == pytest.approx(shifted(0.26))
+    assert inference_sigmas(REFERENCE, 4, segment_edges("pcm", REFERENCE, 35, 4)).tolist() == pytest.approx(
+        [1.0, shifted(0.74), shifted(0.5), shifted(0.24), 0.0], abs=1e-6)
+    assert reference_pcm_sigmas(REFERENCE, 1).tolist() == pytest.approx([1.0, 0.0])
+    assert reference_pcm_sigmas(REFERENCE, 50)[:-1].tolist() == pytest.approx(nodes.flip(0).tolist())
+    with pytest.raises(ValueError, match="between 1 and"):
+        reference_pcm_sigmas(REFERENCE, 51)
 
 
 def test_detail_phases_cut_the_detail_segment_like_pcm_by_hand():

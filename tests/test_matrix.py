@@ -145,3 +145,22 @@ def test_a_misspelt_plan_key_stops_before_any_work(tmp_path, monkeypatch):
     assert [path.name for path in plans if plan_mistakes(yaml.safe_load(path.read_text()))] == []
     for path in plans:
         assert plan_jobs(yaml.safe_load(path.read_text()), ["profile=gpu"], tmp_path / "jobs")
+
+
+def test_pcm_rows_at_the_reference_placement_are_a_run_of_their_own(tmp_path):
+    def row(judge: float) -> dict:
+        return {"judge_overall": judge, "psnr_vs_teacher": 20.0}
+    matrix = {"teacher-eval": {"run": None, "metrics": {"teacher_50": row(0.95)}}}
+    for seed in range(3):
+        matrix[f"dcm-s{seed}"] = {"run": "dcm", "metrics": {"dcm_4": row(0.93 + seed / 1000)}}
+        matrix[f"pcm-s{seed}"] = {"run": "pcm", "metrics": {"pcm_4": row(0.94 + seed / 1000),
+                                                            "pcm_reference_4": row(0.90 + seed / 1000)}}
+    (tmp_path / "matrix.json").write_text(json.dumps(matrix))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"seeds": [0, 1, 2], "runs": {},
+                                    "tables": {"comparison": ["dcm", "pcm", "pcm_reference"], "claim": ["dcm"]}}))
+    summary = script("summarise_matrix.py", str(tmp_path / "matrix.json"), "--plan", str(plan))
+    # three seeds each, not six pcm rows: the two placements are kept apart
+    assert "| pcm | 4 | 3 | 0.941 ± 0.001 |" in summary and "| pcm_reference | 4 | 3 | 0.901 ± 0.001 |" in summary
+    assert "dcm-4 − pcm-4 = -0.010" in summary and "behind by more than the spread" in summary
+    assert "dcm-4 − pcm_reference-4 = +0.030 (spreads 0.001, 0.001): ahead by more than the spread" in summary

@@ -10,6 +10,7 @@ Outputs in `evaluate.out_dir`: metrics.json (DVC metrics), quality.csv (DVC plot
 from __future__ import annotations
 
 import functools
+import json
 import os
 import statistics
 import time
@@ -33,8 +34,9 @@ from dcm.io import remove_orphaned_temporaries, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash
 from dcm.pipeline import DCMPipeline
 from dcm.progress import progress
+from dcm.stock_export import INFO
 from dcm.sampling import generate
-from dcm.schedule import sampling_sigmas
+from dcm.schedule import reference_pcm_sigmas, sampling_sigmas
 from dcm.stages.paths import (BASELINES_DIR, EVAL_METRICS, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL, output_folder,
                               shard_manifest)
 from dcm.stages.spec import Output, StageSpec
@@ -59,6 +61,9 @@ SPEC = StageSpec(
                                                                     "y_label": "the active gate's primary metric"}),
            *(Output(f"${{evaluate.out_dir}}/{metric}.png", cache=False) for metric, _ in CHARTS)),
     note="the prompt file is tracked always (read only with prompt_source: file), so edits re-run evaluate")
+
+
+REFERENCE_PLACEMENT = "_reference"  # a PCM student's rows at the reference scheduler's step placement: pcm_reference_4
 
 
 def _timed(make: Callable[[], torch.Tensor], repeats: int, count: int) -> tuple[torch.Tensor, float]:
@@ -132,7 +137,8 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
               "schedule": config_to_dict(cfg.schedule), "judge": config_to_dict(cfg.judge),
               "sampling": config_to_dict(sampling), "negative": cfg.teacher.negative_prompt,
               "evaluate": {k: v for k, v in config_to_dict(ev).items()
-                           if k not in ("out_dir", "student_steps", "grid_prompts", "wait_for_ranks_s")}}
+                           if k not in ("out_dir", "student_steps", "grid_prompts", "wait_for_ranks_s",
+                                        "pcm_reference_sampler")}}
 
     bar = progress(1 + len(students) * len(ev.student_steps), "evaluate", "row")
 
@@ -169,23 +175,28 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                                       teacher_clips, None, collect=True)
     rows = [{"model": "teacher", "steps": sampling.steps, **teacher_row, "speedup": 1.0}]
     samples = {f"teacher {sampling.steps}": reference}
-    student_rows = []  # (index, model name, steps, folder hash, pipeline loader)
+    student_rows = []  # (index, row's model name, steps, folder hash, pipeline loader, step placement)
     for name, folder in students.items():
         model_hash = folder_hash(folder)
         pipe = functools.cache(lambda folder=folder: DCMPipeline.from_pretrained(folder, device, detail_weights="merged"))
-        for steps in ev.student_steps:
-            student_rows.append((1 + len(student_rows), name, steps, model_hash, pipe))
+        placements = {name: None}  # None: the student's own (its segment edges)
+        if ev.pcm_reference_sampler and json.loads((folder / INFO).read_text())["method"] == "pcm":
+            placements[f"{name}{REFERENCE_PLACEMENT}"] = reference_pcm_sigmas
+        for row_name, placement in placements.items():
+            for steps in ev.student_steps:
+                student_rows.append((1 + len(student_rows), row_name, steps, model_hash, pipe, placement))
 
-    def student_row(index, name, steps, model_hash, pipe, collect):
+    def student_row(index, name, steps, model_hash, pipe, placement, collect):
         def student_clips() -> torch.Tensor:
+            sigmas = None if placement is None else placement(pipe().schedule, steps)[:-1].tolist()
             return pipe().videos(captions, seeds, steps, cfg.data.frames, cfg.data.height, cfg.data.width,
-                                 ev.batch_size)
+                                 ev.batch_size, sigmas)
         return measured(index, f"{name}_{steps}", model_hash, pipe, student_clips, reference, collect)
 
     # Every worker makes its own rows first; then rank 0 collects the others' from out/rows.
     made = {entry[0]: student_row(*entry, collect=False) for entry in student_rows}
-    for index, name, steps, model_hash, pipe in student_rows if rank == 0 else []:
-        measured_row, clips = made[index] or student_row(index, name, steps, model_hash, pipe, collect=True)
+    for index, name, steps, model_hash, pipe, placement in student_rows if rank == 0 else []:
+        measured_row, clips = made[index] or student_row(index, name, steps, model_hash, pipe, placement, collect=True)
         row = {"model": name, "steps": steps, **measured_row,
                "speedup": teacher_row["latency_s"] / measured_row["latency_s"]}
         rows.append(row)
