@@ -11,8 +11,8 @@ from dcm.losses import (clip_accuracy, discriminator_accuracy, feature_matching,
                         l2, pseudo_huber,
                         temporal_coherence)
 from dcm.schedule import (END, add_noise, euler_nodes, euler_step, expert_threshold, inference_sigmas, inner_edges,
-                          nodes_above, reference_pcm_sigmas, renoise, sampling_sigmas, segment_edges, shift_sigmas, steps_per_segment,
-                          target_node, training_nodes)
+                          nodes_above, reference_pcm_sigmas, renoise, sampling_sigmas, segment_edges, shift_sigmas,
+                          steps_per_segment, target_node, training_nodes)
 
 pytestmark = pytest.mark.fast
 

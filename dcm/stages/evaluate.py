@@ -34,13 +34,13 @@ from dcm.io import remove_orphaned_temporaries, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash
 from dcm.pipeline import DCMPipeline
 from dcm.progress import progress
-from dcm.stock_export import INFO
 from dcm.sampling import generate
 from dcm.schedule import reference_pcm_sigmas, sampling_sigmas
 from dcm.stages.paths import (BASELINES_DIR, EVAL_METRICS, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL, output_folder,
                               shard_manifest)
 from dcm.stages.spec import Output, StageSpec
 from dcm.stages.teacher import load_teacher, teacher_content_hash
+from dcm.stock_export import INFO
 from dcm.train.loop import resolve_device
 
 METRICS, TABLE, VBENCH_DIR = EVAL_METRICS, TABLE_FILE, "vbench"
@@ -140,7 +140,19 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                            if k not in ("out_dir", "student_steps", "grid_prompts", "wait_for_ranks_s",
                                         "pcm_reference_sampler")}}
 
-    bar = progress(1 + len(students) * len(ev.student_steps), "evaluate", "row")
+    student_rows = []  # (index, row's model name, steps, folder hash, pipeline loader, step placement)
+    for name, folder in students.items():
+        model_hash = folder_hash(folder)
+        pipe = functools.cache(lambda folder=folder: DCMPipeline.from_pretrained(folder, device, detail_weights="merged"))
+        placements = {name: None}  # None: the student's own (its segment edges)
+        info = folder / INFO  # absent: not a student folder, which loading it says clearly
+        if ev.pcm_reference_sampler and info.is_file() and json.loads(info.read_text())["method"] == "pcm":
+            placements[f"{name}{REFERENCE_PLACEMENT}"] = reference_pcm_sigmas
+        for row_name, placement in placements.items():
+            for steps in ev.student_steps:
+                student_rows.append((1 + len(student_rows), row_name, steps, model_hash, pipe, placement))
+
+    bar = progress(1 + len(student_rows), "evaluate", "row")
 
     def measured(index: int, name: str, model_hash: str, load: Callable[[], object], make: Callable[[], torch.Tensor],
                  reference: np.ndarray | None, collect: bool) -> tuple[dict, np.ndarray] | None:
@@ -175,17 +187,6 @@ def evaluate_students(cfg: DCMConfig, students: dict[str, Path], out: Path,
                                       teacher_clips, None, collect=True)
     rows = [{"model": "teacher", "steps": sampling.steps, **teacher_row, "speedup": 1.0}]
     samples = {f"teacher {sampling.steps}": reference}
-    student_rows = []  # (index, row's model name, steps, folder hash, pipeline loader, step placement)
-    for name, folder in students.items():
-        model_hash = folder_hash(folder)
-        pipe = functools.cache(lambda folder=folder: DCMPipeline.from_pretrained(folder, device, detail_weights="merged"))
-        placements = {name: None}  # None: the student's own (its segment edges)
-        if ev.pcm_reference_sampler and json.loads((folder / INFO).read_text())["method"] == "pcm":
-            placements[f"{name}{REFERENCE_PLACEMENT}"] = reference_pcm_sigmas
-        for row_name, placement in placements.items():
-            for steps in ev.student_steps:
-                student_rows.append((1 + len(student_rows), row_name, steps, model_hash, pipe, placement))
-
     def student_row(index, name, steps, model_hash, pipe, placement, collect):
         def student_clips() -> torch.Tensor:
             sigmas = None if placement is None else placement(pipe().schedule, steps)[:-1].tolist()
