@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Issue 21 on one GPU machine, one device call: the gpu_textured profile's teacher (textured objects), fine-tuned
-# from the shipped gpu teacher (teacher.toy.init: finetune), judged on 64 held-out prompts; its tar parts go to
-# $OUT/teacher for weights/.
-#   OUT=... bash research/device_textured_teacher.sh [-S key=value ...]
+# Issue 21 on a GPU machine: the gpu_textured profile's teacher (textured objects), fine-tuned from the shipped gpu
+# teacher (teacher.toy.init: finetune, teacher.toy.train.steps of the profile), data-parallel over every GPU, judged
+# on 64 held-out prompts; its int8 parts (about 10 MB, weights/README.md) and record come back in $OUT for
+# weights/toy-teacher-textured. Budget-aware: exit 3 means call again (the same machine continues from $WORK).
+#   OUT=... [WORK=/tmp/textured] bash research/device_textured_teacher.sh <budget_s> [-S key=value ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-source research/device_env.sh
-python3 research/run_stages.py --out "$out/teacher" --work /tmp/textured --workers 14 --stages shard,teacher \
-  -S profile=gpu_textured "$@" > "$out/teacher.log" 2>&1
-echo "exit $?"
-tail -n 25 "$out/teacher.log"
+budget=${1:?budget in seconds}; shift
+WORK=${WORK:-/tmp/textured} TEACHER_ONLY=1 exec bash research/device_claim.sh "$budget" -S profile=gpu_textured "$@"

@@ -2,12 +2,14 @@
 become one MLflow run per stage in the project's store, with their params, logged steps and artifacts;
 importing the same folder again adds nothing."""
 
+import json
 import sqlite3
 import subprocess
 import sys
 
 import pytest
 
+from dcm.models.packed import unpack_verified
 from tests.conftest import REPO, TINY_DISTILL, TINY_TEACHER
 from tests.project import copy_project, run_in, stage_runs
 
@@ -22,6 +24,9 @@ def test_results_from_another_machine_become_mlflow_runs(tmp_path):
                            str(tmp_path / "work"), "--workers", "1", "--stages", "shard,teacher,precompute,semantic",
                            *[arg for o in overrides for arg in ("-S", o)]], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr[-3000:]
+    record = json.loads((out / "teacher_metrics.json").read_text())  # the teacher travels int8 by default
+    assert record["encoding"] == "int8" and record["content_hash"] != record["trained_content_hash"]
+    unpack_verified(out, tmp_path / "unpacked")  # the record's hash is what its parts decode to
     project = copy_project(tmp_path / "project")
 
     first = run_in(project, "dcm", "import-runs", str(out))
