@@ -8,6 +8,9 @@
 #     [TEACHER_ONLY=1] [RUNS=dcm,lcm,...: a subset of the plan's runs first] \
 #     bash research/device_claim.sh <budget_s> [-S key=value ...]
 #
+# The device's copy of the tree has no .git: start the command with DCM_SOURCE_COMMIT=<the hash of `git rev-parse
+# HEAD` here, written out> so that `dcm import-runs` tags the runs with the commit whose code made them.
+#
 # Exit 3: stopped by the budget, call again. What comes back in $OUT (at most 8 files, the device's limit):
 # the teacher's tar parts and teacher_metrics.json in the call that finished it; matrix.json, matrix.log,
 # samples.safetensors; final_{report.md,samples.png,metrics.json} once the plan is done.

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_stages import REPO, shard, unpack_teacher  # noqa: E402
+from run_stages import REPO, shard, source_commit, unpack_teacher  # noqa: E402
 
 STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
 TEACHER_EVAL, TEACHER_JOB = "eval-teacher", "teacher-eval"
@@ -326,10 +326,11 @@ def final_evaluation(plan: dict, runs: list[str], base: list[str], work: Path, o
 
 
 def summarise(jobs: list[Job], work: Path, out: Path) -> None:
-    summary, tails = {}, []
+    summary, tails, commit = {}, [], source_commit()
     for job in jobs:
         root = work / "runs" / job.name
-        entry = {"stage": job.stage, "run": job.run, "seed": job.seed, "state": job.state, "overrides": job.overrides}
+        entry = {"stage": job.stage, "run": job.run, "seed": job.seed, "state": job.state, "overrides": job.overrides,
+                 "source_commit": commit}
         if job.earlier is not None:
             entry = {**job.earlier, "state": "earlier"}
         elif (root / "result.json").is_file():

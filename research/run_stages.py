@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def main() -> None:
         parser.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     rank, world = init_from_env()
     # What `dcm import-runs` logs with these results: how they were made, whatever params.yaml says by then.
-    provenance = {"overrides": args.overrides, "device": device_name(), "config": config_to_dict(cfg)}
+    provenance = {"overrides": args.overrides, "device": device_name(), "config": config_to_dict(cfg),
+                  "source_commit": source_commit()}
     if rank == 0:
         (out / "run.json").write_text(json.dumps({**provenance, "stages": stages}, indent=2))
     if world > 1 and stages != ["teacher"]:
@@ -110,6 +112,21 @@ def main() -> None:
         train_teacher(cfg, overrides, args, out, work, timings, rank, provenance)
     if rank == 0:
         later(cfg, stages, out, work, timings, provenance)
+
+
+def source_commit() -> str:
+    """The commit whose code makes these results, for `dcm import-runs` to tag them with: DCM_SOURCE_COMMIT where
+    the copy has no git history (a device machine gets the working tree without .git: put the hash in the
+    command), else git's HEAD (with "-dirty" for uncommitted changes to tracked files), else "unknown"."""
+    if os.environ.get("DCM_SOURCE_COMMIT"):
+        return os.environ["DCM_SOURCE_COMMIT"]
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def device_name() -> str:

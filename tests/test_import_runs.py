@@ -40,9 +40,14 @@ def test_results_from_another_machine_become_mlflow_runs(tmp_path):
         device = db.execute("select value from tags where key = 'dcm.device'").fetchall()
         logged = db.execute("select value from params where key = 'overrides'").fetchall()
         origin = db.execute("select value from tags where key = 'dcm.params_from'").fetchall()
+        commits = db.execute("select value from tags where key = 'git_commit'").fetchall()
+        importer = db.execute("select value from tags where key = 'dcm.imported_by_commit'").fetchall()
     assert [step for (step,) in steps] == [1, 2, 3, 4] and judged == 1  # every logged step, then the result
     assert device == [("cpu",), ("cpu",)] and all("teacher.toy.model.num_layers=1" in value for (value,) in logged)
     assert origin == [("the results",), ("the results",)]  # the configuration it ran, not today's params.yaml
+    made_by = json.loads((out / "run.json").read_text())["source_commit"]  # this checkout's HEAD when it ran
+    assert len(made_by) >= 40 and commits == [(made_by,), (made_by,)]  # the code that made them, not the importer's
+    assert len(importer) == 2 and importer[0][0] != made_by  # the copied project: a repository of its own
 
     again = run_in(project, "dcm", "import-runs", str(out))
     assert again.returncode == 0 and again.stdout.count("already imported") == 2

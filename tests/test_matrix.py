@@ -89,7 +89,9 @@ def test_plan_trains_shares_evaluates_and_summarises(tmp_path):
                            "'mlflow.runName' and t.value = 'dcm-s0' and m.key = 'd_hinge' order by m.step").fetchall()
         judged = db.execute("select m.value from metrics m join tags t on m.run_uuid = t.run_uuid where t.key = "
                             "'mlflow.runName' and t.value = 'lcm-s0' and m.key = 'lcm_4.judge_overall'").fetchall()
+        commits = {commit for (commit,) in db.execute("select value from tags where key = 'git_commit'")}
     assert names == {"semantic-dcm-s0", "dcm-s0", "lora_tc-s0", "lcm-s0"}
+    assert commits == {jobs["dcm-s0"]["source_commit"]} and len(commits.pop()) >= 40  # the code that ran, not the importer
     assert [step for (step,) in hinge] == [1, 2, 3, 4]
     assert judged == [(pytest.approx(jobs["lcm-s0"]["metrics"]["lcm_4"]["judge_overall"]),)]
     again = run_in(project, "dcm", "import-runs", str(out))

@@ -20,7 +20,7 @@ import mlflow
 from dcm.config import config_to_dict, load_config
 from dcm.errors import StageError
 from dcm.io import read_json, sha256_file, sha256_json
-from dcm.ops.tracking import stage_run, tracking_uri
+from dcm.ops.tracking import git_state, stage_run, tracking_uri
 from dcm.stages.register import flatten_metrics
 
 STAGE_FILES = {"teacher": "teacher_metrics.json", "semantic": "semantic_metrics.json", "detail": "detail_metrics.json",
@@ -28,6 +28,7 @@ STAGE_FILES = {"teacher": "teacher_metrics.json", "semantic": "semantic_metrics.
                "evaluate": "eval_metrics.json"}
 ARTIFACTS = {"teacher": ("teacher_samples.png",), "evaluate": ("eval_report.md", "eval_samples.png", "eval_quality.csv")}
 IMPORT_KEY = "dcm.import_key"
+UNKNOWN_SOURCE = "unknown (made away from this checkout before results recorded their commit; see dcm.imported_from)"
 
 
 def earlier_imports(experiment: str) -> dict[str, list]:
@@ -53,13 +54,17 @@ MATRIX = "matrix.json"  # research/run_matrix.py's record of a plan: every job, 
 
 
 def log_import(here, params: Path, key: str, stage: str, overrides: list[str], config: dict | None, final: dict,
-               steps: list[dict], tags: dict[str, str], artifacts: list[Path] = ()) -> str:
+               steps: list[dict], tags: dict[str, str], made_by: str | None, artifacts: list[Path] = ()) -> str:
     """One imported result as a run of the stage's kind: the configuration it ran (resolved here from its
-    overrides when the result does not carry it) as params, every logged step, the final metrics."""
+    overrides when the result does not carry it) as params, every logged step, the final metrics. Its git_commit
+    tag is the commit that made it (`made_by`, as the results record it), not the importing checkout's."""
     logged = {"overrides": " ".join(overrides), **(config or config_to_dict(load_config(params, overrides)))}
-    with stage_run(here.tracking, stage, logged, root=params.resolve().parent) as run:
+    root = params.resolve().parent
+    with stage_run(here.tracking, stage, logged, root=root) as run:
         run.set_tags({IMPORT_KEY: key, "dcm.params_from": "the results" if config else "this checkout's params.yaml",
-                      **tags})
+                      "git_commit": made_by or UNKNOWN_SOURCE,
+                      "git_dirty": str(made_by.endswith("-dirty")) if made_by else "unknown",
+                      "dcm.imported_by_commit": git_state(root)["git_commit"], **tags})
         for entry in steps:
             run.log_metrics({k: v for k, v in entry.items() if k != "step" and isinstance(v, (int, float))},
                             step=int(entry["step"]))
@@ -94,7 +99,7 @@ def import_stage_results(folder: Path, params: Path, here, earlier: dict[str, li
         final, steps = stage_metrics(stage, record)
         run_id = log_import(here, params, key, stage, list(made.get("overrides", [])), made.get("config"), final, steps,
                             {"dcm.imported_from": str(folder), "dcm.device": str(made.get("device", "unknown"))},
-                            [folder / a for a in ARTIFACTS.get(stage, ()) if (folder / a).is_file()])
+                            made.get("source_commit"), [folder / a for a in ARTIFACTS.get(stage, ()) if (folder / a).is_file()])
         lines.append(f"{stage}: imported as run {run_id} ({len(final)} metrics, {len(steps)} logged steps)")
     return lines
 
@@ -117,7 +122,7 @@ def import_matrix(folder: Path, params: Path, here, earlier: dict[str, list]) ->
                 "dcm.plan_run": str(job.get("run") or "shared semantic expert"),
                 "dcm.device": str(rows.get("device", "unknown"))}
         run_id = log_import(here, params, key, job["stage"], list(job.get("overrides", [])), None, final,
-                            job.get("curve", []), tags)
+                            job.get("curve", []), tags, job.get("source_commit"))
         lines.append(f"{name}: imported as run {run_id} ({len(final)} metrics, {len(job.get('curve', []))} logged steps)")
     return lines
 
