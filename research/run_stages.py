@@ -43,6 +43,7 @@ from dcm.config import config_to_dict, load_config
 from dcm.data.sharding import finalize, plan_shards, write_shard
 from dcm.errors import StoppedEarly
 from dcm.models.packed import pack, unpack_verified
+from dcm.ops.git import git_state
 from dcm.train.distributed import init_from_env, rank_and_world
 from dcm.stages.teacher import run_teacher_stage
 
@@ -120,13 +121,8 @@ def source_commit() -> str:
     command), else git's HEAD (with "-dirty" for uncommitted changes to tracked files), else "unknown"."""
     if os.environ.get("DCM_SOURCE_COMMIT"):
         return os.environ["DCM_SOURCE_COMMIT"]
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        head = git("rev-parse", "HEAD")
-        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    state = git_state(REPO)
+    return state["git_commit"] + ("-dirty" if state["git_dirty"] == "True" else "")
 
 
 def device_name() -> str:

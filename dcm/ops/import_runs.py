@@ -20,7 +20,8 @@ import mlflow
 from dcm.config import config_to_dict, load_config
 from dcm.errors import StageError
 from dcm.io import read_json, sha256_file, sha256_json
-from dcm.ops.tracking import git_state, stage_run, tracking_uri
+from dcm.ops.git import git_state
+from dcm.ops.tracking import stage_run, tracking_uri
 from dcm.stages.register import flatten_metrics
 
 STAGE_FILES = {"teacher": "teacher_metrics.json", "semantic": "semantic_metrics.json", "detail": "detail_metrics.json",

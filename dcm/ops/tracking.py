@@ -7,7 +7,6 @@ The embedded default is a SQLite file and an artifact folder inside the project,
 from __future__ import annotations
 
 import os
-import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +16,7 @@ import numpy as np
 from prefect.runtime import flow_run
 
 from dcm.config import TrackingConfig, flatten
+from dcm.ops.git import git_state
 from dcm.ops.services import check_reachable, is_http
 
 MLFLOW_PARAM_CHARS = 6000  # MLflow refuses longer param values
@@ -28,15 +28,6 @@ USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 def tracking_uri(cfg: TrackingConfig) -> str:
     return USER_TRACKING_URI or cfg.uri
 
-
-def git_state(root: Path) -> dict[str, str]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-    return {"git_commit": git("rev-parse", "HEAD") or "unknown",
-            "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
 
 
 def lineage_tags() -> dict[str, str]:

@@ -10,8 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from dcm.config import DEFAULT_PARAMS, config_to_dict, load_config
 from dcm.io import write_json_atomic
+from dcm.ops.git import git_state
 from dcm.ops.registry import promote, register_challenger, rollback
-from dcm.ops.tracking import git_state, stage_run
+from dcm.ops.tracking import stage_run
 from dcm.stages.register import dvc_lineage, run_register_stage
 
 
