@@ -5,14 +5,16 @@
 # $OUT returned (commit it, carry it): TEACHER_PARTS and EARLIER.
 #
 #   OUT=... [WORK=/tmp/claim] [TEACHER_PARTS=dir] [EARLIER=matrix.json] [PLAN=yaml] [PER_GPU=6] [WORKERS=16] \
-#     [TEACHER_ONLY=1] [RUNS=dcm,lcm,...: a subset of the plan's runs first] \
+#     [TEACHER_ONLY=1] [TEACHER_CONTINUE=a returned teacher_partial folder] [RUNS=dcm,lcm,...: a subset of the plan's runs first] \
 #     bash research/device_claim.sh <budget_s> [-S key=value ...]
 #
 # The device's copy of the tree has no .git: start the command with DCM_SOURCE_COMMIT=<the hash of `git rev-parse
 # HEAD` here, written out> so that `dcm import-runs` tags the runs with the commit whose code made them.
 #
 # Exit 3: stopped by the budget, call again. What comes back in $OUT (at most 8 files, the device's limit):
-# the teacher's tar parts and teacher_metrics.json in the call that finished it; matrix.json, matrix.log,
+# the teacher's tar parts, teacher_metrics.json and teacher_samples.png in the call that finished it, and in a call
+# the budget stopped teacher_partial/ (its weights so far: commit them, and on a fresh machine TEACHER_CONTINUE=that
+# folder continues where they stopped); matrix.json, matrix.log,
 # samples.safetensors; final_{report.md,samples.png,metrics.json} once the plan is done.
 set -uo pipefail
 budget=${1:?budget in seconds}; shift
@@ -39,10 +41,16 @@ if [ -z "${TEACHER_PARTS:-}" ] && [ ! -f "$work/teacher/manifest.json" ]; then
   echo "teacher: $gpus process(es), time limit $limit s"
   mkdir -p "$teacher_out"
   python3 -m torch.distributed.run --standalone --nproc_per_node "$gpus" research/run_stages.py --out "$teacher_out" --work "$work" \
-    --stages teacher --resumable -S profile=gpu -S "teacher.toy.train.time_limit_s=$limit" "$@"
+    --stages teacher --resumable ${TEACHER_CONTINUE:+--continue-teacher "$TEACHER_CONTINUE"} -S profile=gpu \
+    -S "teacher.toy.train.time_limit_s=$limit" "$@"
   # torchrun reports a rank's exit 3 as a failure: run_stages leaves teacher_stopped.txt when it was the budget
-  [ -f "$work/teacher/manifest.json" ] || { [ -f "$teacher_out/teacher_stopped.txt" ] && exit 3; exit 1; }
-  cp "$teacher_out"/teacher_model.tar.part* "$teacher_out/teacher_metrics.json" "$out/"
+  if [ ! -f "$work/teacher/manifest.json" ]; then
+    [ -f "$teacher_out/teacher_stopped.txt" ] || exit 1
+    rm -rf "$out/teacher_partial" && cp -r "$teacher_out/teacher_partial" "$out/"  # if the machine goes, these continue
+    exit 3
+  fi
+  rm -rf "$out/teacher_partial"
+  cp "$teacher_out"/teacher_model.tar.part* "$teacher_out"/teacher_{metrics.json,samples.png} "$out/"
 fi
 [ -z "${TEACHER_ONLY:-}" ] || exit 0  # e.g. a one-GPU machine trains the teacher, a several-GPU one the plan
 

@@ -20,7 +20,10 @@ is the one-process step):
 
 --resumable: a teacher stopped by its time limit keeps its checkpoint, writes --out/teacher_stopped.txt
 and exits with code 3 (torchrun reports that as a failure; the file says otherwise); the same command
-continues it. Without it, a stopped teacher is finished at the step reached (benchmarks).
+continues it on the same machine. It also packs the EMA weights reached into --out/teacher_partial/ (int8 parts
+and a record saying how far they got): `--continue-teacher <that folder>` continues from them on another machine
+(fine-tuning from them for the steps still missing; the optimiser's moments start afresh). Without --resumable,
+a stopped teacher is finished at the step reached (benchmarks).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from PIL import Image
 from dcm.config import config_to_dict, load_config
 from dcm.data.sharding import finalize, plan_shards, write_shard
 from dcm.errors import StoppedEarly
-from dcm.models.packed import pack, unpack_verified
+from dcm.models.packed import RECORD, pack, read_record, unpack_verified
 from dcm.ops.git import git_state
 from dcm.train.distributed import init_from_env, rank_and_world
 from dcm.stages.teacher import run_teacher_stage
@@ -50,6 +53,7 @@ from dcm.stages.teacher import run_teacher_stage
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("shard", "teacher", "precompute", "semantic", "detail", "lcm", "pcm", "single", "evaluate")
 STOPPED, STOPPED_FILE = 3, "teacher_stopped.txt"  # a --resumable teacher that its time limit stopped
+PARTIAL_OUT = "teacher_partial"  # in --out: the stopped teacher's weights so far, packed
 
 
 def shard(cfg, workers: int) -> None:
@@ -81,6 +85,8 @@ def main() -> None:
                              "weights/README.md) or exact (its fp32 bytes)")
     parser.add_argument("--resumable", action="store_true",
                         help="a time-limited teacher keeps its checkpoint and exits with code 3")
+    parser.add_argument("--continue-teacher", metavar="DIR",
+                        help="a teacher_partial folder an earlier --resumable call returned: train on from its weights")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.work)
@@ -90,6 +96,11 @@ def main() -> None:
                  f"distill.out_dir={work}/students", f"distill.checkpoint_dir={work}/checkpoints",
                  f"evaluate.out_dir={work}/eval", *args.overrides]
     cfg = load_config(REPO / "params.yaml", overrides)
+    args.continued = None
+    if args.continue_teacher:
+        args.continued = continuation(Path(args.continue_teacher), cfg.teacher.toy.train.steps)
+        overrides += args.continued["overrides"]
+        cfg = load_config(REPO / "params.yaml", overrides)
     timings = {}
     stages = args.stages.split(",")
     unknown = set(stages) - set(STAGES)
@@ -129,6 +140,23 @@ def device_name() -> str:
     """The GPU's name, or cpu (asked in a child process: CUDA stays uninitialised in this one)."""
     return subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() "
                            "if torch.cuda.is_available() else 'cpu')"], capture_output=True, text=True).stdout.strip()
+
+
+def continuation(partial: Path, total: int) -> dict:
+    """How to continue the partly trained teacher packed in `partial` up to `total` steps: fine-tune from its
+    weights for the steps it still lacks. Returns those overrides and what it started from."""
+    record = read_record(partial)
+    if "partial" not in record:
+        raise SystemExit(f"{partial} holds a finished teacher, not a stopped one (its record has no 'partial'): "
+                         "install it with --teacher-parts, or fine-tune from it with -S teacher.toy.init=finetune")
+    reached = record["partial"]["steps"]
+    if reached >= total:
+        raise SystemExit(f"{partial} already reached step {reached} of the {total} asked (teacher.toy.train.steps): "
+                         "nothing to continue; ask for more steps")
+    print(f"teacher: continuing {partial} from step {reached} to {total}", flush=True)
+    return {"steps_before": reached, "total": total, "folder": str(partial), "content_hash": record["content_hash"],
+            "overrides": ["teacher.toy.init=finetune", f"teacher.toy.pretrained={partial}",
+                          f"teacher.toy.train.steps={total - reached}"]}
 
 
 def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
@@ -190,6 +218,7 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
         print(stopped, flush=True)
         if args.resumable or rank_and_world()[1] > 1:  # ranks cannot re-run alone
             if rank == 0:
+                pack_partial(cfg, args, out, work, provenance, curve)
                 (out / STOPPED_FILE).write_text(f"{stopped}\n")
             sys.exit(STOPPED)
         # benchmarks: finish at the step reached
@@ -202,6 +231,9 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
     report = {"device": provenance["device"], "overrides": args.overrides, "provenance": provenance, **timings,
               **result["manifest"],
               "grid_prompts": [p["caption"] for p in result["prompts"][: args.grid_rows]], "curve": curve}
+    if args.continued is not None:  # fine-tuned from a stopped teacher: the steps of both runs together
+        report["continued"] = {k: v for k, v in args.continued.items() if k != "overrides"}
+        report["total_steps"] = args.continued["steps_before"] + result["manifest"]["steps"]
     if not args.no_model:  # the record carries the hash of what unpacking the parts gives (int8: decoded weights)
         packed_hash = pack(work / "teacher" / "model", out, work / "teacher_model.tar", args.pack_encoding)
         report |= {"content_hash": packed_hash, "encoding": args.pack_encoding,
@@ -209,6 +241,26 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
     (out / "teacher_metrics.json").write_text(json.dumps(report, indent=2, default=str))
     sample_grid(result["clips"][: args.grid_rows], out / "teacher_samples.png", args.grid_frames)
     print(json.dumps({k: v for k, v in report.items() if k not in ("sampling", "curve", "provenance")}, default=str), flush=True)
+
+def pack_partial(cfg, args, out: Path, work: Path, provenance: dict, curve: list[dict]) -> None:
+    """The stopped teacher's EMA weights (teacher stage: checkpoint_dir/partial) packed into --out/teacher_partial
+    with a record of how far they got, counting the steps of a run they continue."""
+    from dcm.stages.teacher import PARTIAL, PARTIAL_PROGRESS
+    partial = Path(cfg.teacher.checkpoint_dir) / PARTIAL
+    progress = json.loads((partial / PARTIAL_PROGRESS).read_text())
+    before = args.continued["steps_before"] if args.continued else 0
+    target = out / PARTIAL_OUT
+    target.mkdir(parents=True, exist_ok=True)
+    packed_hash = pack(partial / "model", target, work / "teacher_partial.tar", args.pack_encoding)
+    record = {"partial": {"steps": before + progress["steps"], "of": before + progress["of"]},
+              "content_hash": packed_hash, "encoding": args.pack_encoding, "steps": before + progress["steps"],
+              "finetuned_from": progress["finetuned_from"], "metrics": {}, "device": provenance["device"],
+              "overrides": args.overrides, "provenance": provenance, "curve": curve,
+              **({"continued": {k: v for k, v in args.continued.items() if k != "overrides"}} if args.continued else {})}
+    (target / RECORD).write_text(json.dumps(record, indent=2, default=str))
+    print(f"teacher: weights at step {record['steps']} of {record['partial']['of']} packed in {target}; "
+          f"--continue-teacher {target} continues them elsewhere", flush=True)
+
 
 if __name__ == "__main__":
     main()

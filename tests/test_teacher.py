@@ -120,3 +120,36 @@ def test_a_shipped_teacher_of_another_architecture_or_damaged_is_refused(tmp_pat
     part.write_bytes(bytes(data))
     with pytest.raises(StageError, match="the parts were changed or damaged"):
         run_teacher_stage(make_config(f"teacher.toy.pretrained={damaged}"))
+
+
+@pytest.mark.integration
+def test_a_stopped_teacher_continues_on_another_machine(tmp_path, make_config):
+    """research/run_stages.py --resumable: a teacher its time limit stops comes back as a packed partial teacher
+    (how far it got in its record); --continue-teacher on a machine without the checkpoint trains it on for the
+    steps it lacks; the partial teacher itself is refused as a finished one."""
+    def run_stages(work: str, *extra: str) -> subprocess.CompletedProcess:
+        overrides = [*TINY_TEACHER, "data.shapes.train_samples=16", "data.shapes.val_samples=6",
+                     "shard.samples_per_shard=8"]
+        return subprocess.run([sys.executable, str(REPO / "research" / "run_stages.py"), "--work", str(tmp_path / work),
+                               "--workers", "1", "--stages", "shard,teacher", "--resumable", *extra,
+                               *[arg for o in overrides for arg in ("-S", o)]], capture_output=True, text=True)
+
+    stopped = run_stages("first", "--out", str(tmp_path / "out1"), "-S", "teacher.toy.train.time_limit_s=0.001")
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    partial = tmp_path / "out1" / "teacher_partial"
+    record = json.loads((partial / "teacher_metrics.json").read_text())
+    assert record["partial"] == {"steps": 1, "of": 4} and record["encoding"] == "int8"
+    unpack_verified(partial, tmp_path / "unpacked")  # the record's hash is what the parts decode to
+
+    with pytest.raises(ConfigError, match="stopped at step 1 of 4, not a finished one.*--continue-teacher"):
+        run_teacher_stage(make_config(*TINY_TEACHER, "teacher.toy.init=pretrained", f"teacher.toy.pretrained={partial}"))
+
+    finished = run_stages("second", "--out", str(tmp_path / "out2"), "--continue-teacher", str(partial))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads((tmp_path / "out2" / "teacher_metrics.json").read_text())
+    assert report["steps"] == 3 and report["total_steps"] == 4 and report["continued"]["steps_before"] == 1
+    assert report["finetuned_from"]["content_hash"] == record["content_hash"]
+    assert not (tmp_path / "out2" / "teacher_partial").exists()
+
+    done = run_stages("third", "--out", str(tmp_path / "out3"), "--continue-teacher", str(tmp_path / "out2"))
+    assert done.returncode != 0 and "holds a finished teacher, not a stopped one" in done.stderr

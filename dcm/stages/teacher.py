@@ -25,7 +25,7 @@ from dcm.eval.report import write_grid, write_loss_curve
 from dcm.eval.scores import clip_scores
 from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash, validate_folder
-from dcm.models.packed import unpack_verified
+from dcm.models.packed import read_record, unpack_verified
 from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
@@ -45,6 +45,9 @@ REPORTING_PARAMS = ("data", "judge", "teacher.sampling", "teacher.family", "teac
 # Pictures for people (and the MLflow run), not DVC outputs: a real teacher has no loss curve and
 # teacher.sampling.eval_prompts: 0 draws no grid.
 LOSS_CURVE, SAMPLE_GRID = "loss.png", "samples.png"
+# In teacher.checkpoint_dir, written when training stops early: the EMA weights so far (a teacher folder) and how
+# far they got, so that another machine can continue by fine-tuning from them (checkpoints stay where they ran).
+PARTIAL, PARTIAL_PROGRESS = "partial", "progress.json"
 
 SPEC = StageSpec(
     name="teacher", command="dcm teacher", flow="dcm.ops.flows.teacher",
@@ -157,6 +160,11 @@ def _install_pretrained(cfg: DCMConfig, out: Path) -> dict:
     """The packed teacher of teacher.toy.pretrained, unpacked, its hash and architecture checked, then scored
     like a freshly trained one; its record (how it was made, its own judgement) goes into the manifest."""
     source = Path(cfg.teacher.toy.pretrained)
+    progress = read_record(source).get("partial")
+    if progress is not None:  # students of a half-trained teacher would be measured against the wrong ceiling
+        raise ConfigError(f"{source} is a teacher stopped at step {progress['steps']} of {progress['of']}, not a "
+                          "finished one: continue training it (research/run_stages.py --continue-teacher "
+                          f"{source}), or set teacher.toy.pretrained to a finished teacher")
     tmp = out / f".tmp-{TEACHER_MODEL}"
     record = unpack_matching(cfg, tmp)
     shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
@@ -172,6 +180,28 @@ def _install_pretrained(cfg: DCMConfig, out: Path) -> dict:
     write_json_atomic(out / METRICS, metrics)
     write_json_atomic(out / MANIFEST, manifest)
     return {"manifest": manifest, "metrics": metrics, "clips": scored["clips"], "prompts": scored["prompts"]}
+
+
+def _plain_teacher(cfg: DCMConfig, teacher: ToyFamily, weights: torch.nn.Module):
+    """(teacher, transformer) whose save_pretrained writes `weights`; None on ranks other than 0. Data parallel:
+    gathered from every process into a plain model first (collective: every rank calls it)."""
+    if not data_parallel():
+        return teacher, weights
+    state = full_state_dict(weights)
+    if rank_and_world()[0] != 0:
+        return None
+    plain = ToyFamily.build(cfg, cfg.seed)
+    plain.transformer.load_state_dict(state)
+    return plain, plain.transformer
+
+
+def _save_folder(teacher: ToyFamily, transformer: torch.nn.Module, folder: Path) -> None:
+    """The teacher as a diffusers folder at `folder`, replaced only once it is completely written."""
+    tmp = folder.with_name(f".tmp-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    teacher.save_pretrained(tmp, transformer=transformer)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None = None,
@@ -193,22 +223,22 @@ def run_teacher_stage(cfg: DCMConfig, on_log: Callable[[int, dict], None] | None
     result = train(FlowMatchingPretraining(teacher, cfg), stream, train_cfg, Path(cfg.teacher.checkpoint_dir),
                    cfg.seed, on_log=on_log, stop_after=stop_after, time_limit_s=train_cfg.time_limit_s,
                    fingerprint=toy_fingerprint(cfg, start))
+    partial = Path(cfg.teacher.checkpoint_dir) / PARTIAL
+    exported = _plain_teacher(cfg, teacher, result.ema or teacher.transformer)  # ship the EMA weights
     if result.stopped_early:
+        if exported is not None:
+            _save_folder(*exported, partial / TEACHER_MODEL)
+            write_json_atomic(partial / PARTIAL_PROGRESS, {
+                "steps": result.steps, "of": train_cfg.steps,
+                "finetuned_from": None if start is None else {"folder": cfg.teacher.toy.pretrained, "content_hash": start}})
         raise StoppedEarly(f"teacher training stopped at step {result.steps} of {train_cfg.steps} (time limit or stop "
-                         f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to continue")
-    final = result.ema or teacher.transformer  # ship the EMA weights
-    if data_parallel():  # sharded over the processes: rank 0 gathers them into a plain model and exports it
-        weights = full_state_dict(final)
-        if rank_and_world()[0] != 0:
-            return {"losses": result.losses, "resumed_from": result.resumed_from}
-        teacher = ToyFamily.build(cfg, cfg.seed)
-        teacher.transformer.load_state_dict(weights)
-        final = teacher.transformer
-    tmp = out / f".tmp-{TEACHER_MODEL}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    teacher.save_pretrained(tmp, transformer=final)
-    shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
-    tmp.rename(out / TEACHER_MODEL)
+                           f"request); its checkpoint is in {cfg.teacher.checkpoint_dir}: run the stage again to "
+                           f"continue. {partial} holds its EMA weights so far, to continue on another machine "
+                           "(research/run_stages.py --continue-teacher)")
+    if exported is None:  # data parallel: rank 0 exports and judges the teacher
+        return {"losses": result.losses, "resumed_from": result.resumed_from}
+    shutil.rmtree(partial, ignore_errors=True)  # finished: weights of an earlier stop no longer continue anything
+    _save_folder(*exported, out / TEACHER_MODEL)
     reloaded = load_teacher(cfg, device)  # score what later stages will load, not the object in memory
     scored = score_teacher(reloaded, cfg)
     tail = result.losses[-train_cfg.log_every:]
