@@ -144,6 +144,20 @@ def test_a_stopped_teacher_continues_on_another_machine(tmp_path, make_config):
     with pytest.raises(ConfigError, match="stopped at step 1 of 4, not a finished one.*--continue-teacher"):
         run_teacher_stage(make_config(*TINY_TEACHER, "teacher.toy.init=pretrained", f"teacher.toy.pretrained={partial}"))
 
+    # or finished where it stopped: judged, then installed like any packed teacher
+    ended = tmp_path / "ended"
+    finish = subprocess.run([sys.executable, str(REPO / "research" / "finish_teacher.py"), "--partial", str(partial),
+                             "--out", str(ended), "--shard-dir", str(tmp_path / "first" / "shards"),
+                             *[arg for o in TINY_TEACHER for arg in ("-S", o)]], capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr[-3000:]
+    ended_record = json.loads((ended / "teacher_metrics.json").read_text())
+    assert ended_record["stopped"]["steps"] == 1 and "partial" not in ended_record and ended_record["eval_prompts"] == 3
+    installed = run_teacher_stage(make_config(*TINY_TEACHER, "teacher.toy.init=pretrained", f"teacher.toy.pretrained={ended}",
+                                              f"teacher.out_dir={tmp_path / 'installed'}",
+                                              f"shard.dir={tmp_path / 'first' / 'shards'}"))
+    assert installed["manifest"]["content_hash"] == record["content_hash"]
+    assert installed["metrics"]["pretrained_judge_overall"] == ended_record["metrics"]["judge_overall"]
+
     finished = run_stages("second", "--out", str(tmp_path / "out2"), "--continue-teacher", str(partial))
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads((tmp_path / "out2" / "teacher_metrics.json").read_text())
