@@ -88,6 +88,22 @@ def test_the_shipped_teacher_is_installed_checked_and_scored(make_config):
     assert ToyFamily.load(f"{cfg.teacher.out_dir}/model", 16).transformer.config.num_layers == 8
 
 
+def test_the_shipped_textured_teacher_installs_on_its_profile(make_config):
+    """weights/toy-teacher-textured: a partial teacher finished where it stopped (its record says where and how it
+    judged), installed with its hash checked on the textured data and scored (the wiring: two prompts, two steps)."""
+    textured = REPO / "weights" / "toy-teacher-textured"
+    record = json.loads((textured / "teacher_metrics.json").read_text())
+    assert "partial" not in record and record["stopped"]["steps"] == 7625 and record["eval_prompts"] == 64
+    cfg = make_config(f"teacher.toy.pretrained={textured}", "data.shapes.textures=[plain,striped,checked,speckled]",
+                      "data.shapes.train_samples=16", "data.shapes.val_samples=6", "shard.samples_per_shard=8",
+                      "teacher.sampling.eval_prompts=2", "teacher.sampling.steps=2", "teacher.sampling.batch_size=2")
+    run_shard_stage(cfg)
+    result = run_teacher_stage(cfg)
+    assert result["manifest"]["content_hash"] == record["content_hash"]
+    assert result["metrics"]["pretrained_judge_overall"] == record["metrics"]["judge_overall"] > 0.9
+    assert "judge_texture" in result["metrics"]  # judged as the textured domain
+
+
 def test_finetune_starts_from_the_shipped_teacher(make_config):
     """init: finetune trains (one step at a negligible lr here) from the packed teacher's weights, not from a
     fresh initialisation, and records which teacher it started from."""
