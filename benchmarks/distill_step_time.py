@@ -1,9 +1,12 @@
-"""Per-step time of a distillation stage with the teacher online vs read from precomputed trajectories.
+"""Per-step time of a distillation stage with the teacher online vs read from precomputed trajectories, or (--vary
+compile) eager vs compiled transformer blocks (train.compile: blocks; teacher online).
 
-    python benchmarks/distill_step_time.py [--steps 20] [--methods semantic,detail] [-S key=value ...]
+    python benchmarks/distill_step_time.py [--steps 20] [--methods semantic,detail] [--vary teacher_mode|compile] \
+        [-S key=value ...]
 
 Needs the teacher and precompute stages' outputs (dvc repro precompute). Trains into a temporary
-folder (the project's students are untouched) and reports the median step time after the first step.
+folder (the project's students are untouched) and reports the median step time after the first step
+(the median also keeps a compile's first steps out).
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ from dcm.stages.distill import run_distill_stage
 REPO = Path(__file__).resolve().parents[1]
 
 
-def step_times(overrides: list[str], method: str, steps: int, mode: str, work: Path) -> list[float]:
+VARIANTS = {"teacher_mode": ("online", "trajectory"), "compile": ("none", "blocks")}
+
+
+def setting(vary: str, variant: str, part: str) -> list[str]:
+    if vary == "teacher_mode":
+        return [f"distill.teacher_mode={variant}"]
+    return ["distill.teacher_mode=online", f"distill.{part}.compile={variant}"]
+
+
+def step_times(overrides: list[str], method: str, steps: int, variant: str, work: Path, vary: str = "teacher_mode") -> list[float]:
     part = {"semantic": "semantic", "detail": "detail"}.get(method, "baseline")
     cfg = load_config(REPO / "params.yaml", [
-        *overrides, f"distill.teacher_mode={mode}", f"distill.{part}.steps={steps}", f"distill.{part}.log_every=1",
-        f"distill.{part}.checkpoint_every={steps}", f"distill.checkpoint_dir={work / mode / 'ckpt'}",
+        *overrides, *setting(vary, variant, part), f"distill.{part}.steps={steps}", f"distill.{part}.log_every=1",
+        f"distill.{part}.checkpoint_every={steps}", f"distill.checkpoint_dir={work / variant / 'ckpt'}",
         f"distill.out_dir={work / 'students'}", "distill.sample_prompts=1"])
     stamps: list[float] = []
     run_distill_stage(cfg, method, on_log=lambda step, metrics: stamps.append(time.perf_counter()))
@@ -39,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--methods", default="semantic,detail")
+    parser.add_argument("--vary", choices=sorted(VARIANTS), default="teacher_mode")
     parser.add_argument("-S", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     apply_runtime_defaults(REPO)
@@ -48,14 +61,14 @@ def main() -> None:
         work = Path(tmp)
         for method in args.methods.split(","):
             results = {}
-            for mode in ("online", "trajectory"):
-                # the detail stage starts from the semantic expert: train one (same mode) first
+            for variant in VARIANTS[args.vary]:
+                # the detail stage starts from the semantic expert: train one (same setting) first
                 if method == "detail":
-                    step_times(args.overrides, "semantic", 2, mode, work / "semantic-first")
-                results[mode] = statistics.median(step_times(args.overrides, method, args.steps, mode, work))
-            print(f"{method}: online {results['online'] * 1000:.0f} ms/step, trajectory "
-                  f"{results['trajectory'] * 1000:.0f} ms/step, online/trajectory = "
-                  f"{results['online'] / results['trajectory']:.2f}×")
+                    step_times(args.overrides, "semantic", 2, variant, work, args.vary)  # into work/students, where detail looks
+                results[variant] = statistics.median(step_times(args.overrides, method, args.steps, variant, work, args.vary))
+            base, other = VARIANTS[args.vary]
+            print(f"{method}: {args.vary} {base} {results[base] * 1000:.0f} ms/step, {other} "
+                  f"{results[other] * 1000:.0f} ms/step, {base}/{other} = {results[base] / results[other]:.2f}×", flush=True)
 
 
 if __name__ == "__main__":
