@@ -163,6 +163,10 @@ def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
     """The teacher folder from tar parts (hash checked against its record), plus the manifest the teacher stage
     would have written."""
     from dcm.io import write_json_atomic
+    progress = read_record(parts).get("partial")
+    if progress is not None:  # students of a half-trained teacher would be measured against the wrong ceiling
+        raise SystemExit(f"{parts} is a teacher stopped at step {progress['steps']} of {progress['of']}: continue it "
+                         "(--continue-teacher) or finish it where it stopped (research/finish_teacher.py) first")
     record = unpack_verified(parts, teacher_dir / "model")
     write_json_atomic(teacher_dir / "manifest.json", {"family": "toy", "path": "model", "content_hash": record["content_hash"]})
 
