@@ -246,16 +246,18 @@ def train_teacher(cfg, overrides: list[str], args, out: Path, work: Path, timing
     sample_grid(result["clips"][: args.grid_rows], out / "teacher_samples.png", args.grid_frames)
     print(json.dumps({k: v for k, v in report.items() if k not in ("sampling", "curve", "provenance")}, default=str), flush=True)
 
+
 def pack_partial(cfg, args, out: Path, work: Path, provenance: dict, curve: list[dict]) -> None:
     """The stopped teacher's EMA weights (teacher stage: checkpoint_dir/partial) packed into --out/teacher_partial
     with a record of how far they got, counting the steps of a run they continue."""
+    from dcm.stages.paths import TEACHER_MODEL
     from dcm.stages.teacher import PARTIAL, PARTIAL_PROGRESS
     partial = Path(cfg.teacher.checkpoint_dir) / PARTIAL
     progress = json.loads((partial / PARTIAL_PROGRESS).read_text())
     before = args.continued["steps_before"] if args.continued else 0
     target = out / PARTIAL_OUT
     target.mkdir(parents=True, exist_ok=True)
-    packed_hash = pack(partial / "model", target, work / "teacher_partial.tar", args.pack_encoding)
+    packed_hash = pack(partial / TEACHER_MODEL, target, work / "teacher_partial.tar", args.pack_encoding)
     record = {"partial": {"steps": before + progress["steps"], "of": before + progress["of"]},
               "content_hash": packed_hash, "encoding": args.pack_encoding, "steps": before + progress["steps"],
               "finetuned_from": progress["finetuned_from"], "metrics": {}, "device": provenance["device"],
