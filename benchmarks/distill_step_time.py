@@ -1,5 +1,6 @@
 """Per-step time of a distillation stage with the teacher online vs read from precomputed trajectories, or (--vary
-compile) eager vs compiled transformer blocks (train.compile: blocks; teacher online).
+compile) eager vs compiled transformer blocks (train.compile: blocks, the student's; all, the teacher's too;
+teacher online).
 
     python benchmarks/distill_step_time.py [--steps 20] [--methods semantic,detail] [--vary teacher_mode|compile] \
         [-S key=value ...]
@@ -27,7 +28,7 @@ from dcm.stages.distill import run_distill_stage
 REPO = Path(__file__).resolve().parents[1]
 
 
-VARIANTS = {"teacher_mode": ("online", "trajectory"), "compile": ("none", "blocks")}
+VARIANTS = {"teacher_mode": ("online", "trajectory"), "compile": ("none", "blocks", "all")}
 
 
 def setting(vary: str, variant: str, part: str) -> list[str]:
@@ -62,13 +63,15 @@ def main() -> None:
         for method in args.methods.split(","):
             results = {}
             for variant in VARIANTS[args.vary]:
+                torch._dynamo.reset()  # each variant compiles afresh: no cache entries carried over from the last
                 # the detail stage starts from the semantic expert: train one (same setting) first
                 if method == "detail":
                     step_times(args.overrides, "semantic", 2, variant, work, args.vary)  # into work/students, where detail looks
                 results[variant] = statistics.median(step_times(args.overrides, method, args.steps, variant, work, args.vary))
-            base, other = VARIANTS[args.vary]
-            print(f"{method}: {args.vary} {base} {results[base] * 1000:.0f} ms/step, {other} "
-                  f"{results[other] * 1000:.0f} ms/step, {base}/{other} = {results[base] / results[other]:.2f}×", flush=True)
+            base, *others = VARIANTS[args.vary]
+            print(f"{method}: {args.vary} {base} {results[base] * 1000:.0f} ms/step" + "".join(
+                f", {other} {results[other] * 1000:.0f} ms/step ({base}/{other} = {results[base] / results[other]:.2f}×)"
+                for other in others), flush=True)
 
 
 if __name__ == "__main__":

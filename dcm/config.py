@@ -200,7 +200,8 @@ class TrainConfig(Strict):
     time_limit_s: float | None = Field(gt=0)  # checkpoint and stop after this long; a re-run continues
     device: str  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16"]  # bf16 = autocast on CUDA; weights and optimiser stay fp32
-    compile: Literal["none", "blocks"]  # blocks: torch.compile each repeated transformer block in place
+    compile: Literal["none", "blocks", "all"]  # blocks: torch.compile each repeated transformer block of the trained
+    # model in place; all: of the frozen models the step runs too (the distillation stages' teacher)
     gradient_checkpointing: bool  # recompute block activations in backward: memory for time (large models)
     micro_batch: int = Field(ge=0)  # samples per process per forward/backward; 0: the process's whole share
     frozen_dtype: Literal["float32", "bfloat16", "float16"]  # storage of frozen models (teacher, frozen experts)

@@ -331,3 +331,16 @@ def test_changed_settings_train_anew_while_more_steps_resume(config):
     assert list((Path(config().distill.checkpoint_dir) / "semantic").glob("superseded-*/step-*"))
     longer = run_distill_stage(config("distill.semantic.lr=0.0001", "distill.semantic.steps=6"), "semantic")
     assert longer["resumed_from"] == 4 and longer["losses"][:4] == changed["losses"]
+
+
+@pytest.mark.integration  # compiling costs a minute on the CPU
+def test_compiled_blocks_take_the_eager_steps(config, tmp_path):
+    """compile: all compiles the student's and the frozen teacher's blocks (the critic taps the teacher's through
+    hooks): both stages take the eager steps, to float rounding."""
+    eager = config()
+    compiled = config("distill.semantic.compile=all", "distill.detail.compile=all",
+                      f"distill.out_dir={tmp_path / 'compiled'}", f"distill.checkpoint_dir={tmp_path / 'ckpt-compiled'}")
+    for method in ("semantic", "detail"):
+        expected = run_distill_stage(eager, method)["losses"]
+        found = run_distill_stage(compiled, method)["losses"]
+        assert found == pytest.approx(expected, rel=1e-3) and len(found) == 4

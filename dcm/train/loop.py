@@ -135,12 +135,14 @@ def prepare_models(method: Method, cfg: TrainConfig, device: torch.device) -> tu
     ema = copy.deepcopy(method.module).requires_grad_(False) if cfg.ema_decay > 0 else None
     if cfg.gradient_checkpointing:  # after the copies: they never run backward
         recompute_blocks(method.module)
-    if cfg.compile == "blocks":  # after the EMA copy: the copy stays a plain module
+    if cfg.compile in ("blocks", "all"):  # after the EMA copy: the copy stays a plain module
         compile_blocks(method.module)
     extra = getattr(method, "state_modules", dict)()
     frozen = getattr(method, "frozen_modules", list)()
     for module in frozen:
         store_frozen(module, cfg.frozen_dtype, device, cfg.precision)
+        if cfg.compile == "all":  # the teacher's forwards (targets, CFG, the critic's taps) are most of a step's work
+            compile_blocks(module)
     if data_parallel():
         policy = compute_policy(device, cfg.precision)
         for module in [method.module, *extra.values(), *([ema] if ema is not None else [])]:
