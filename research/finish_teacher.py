@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from dcm.config import ConfigError, load_config
+from dcm.config import load_config
 from dcm.eval.report import write_grid
-from dcm.models.packed import PART_PREFIX, RECORD, read_record, unpack_verified
+from dcm.models.packed import PART_PREFIX, RECORD, read_record
 from dcm.models.toy import ToyFamily
-from dcm.stages.teacher import architecture_mismatches, score_teacher
+from dcm.stages.teacher import score_teacher, unpack_matching
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,14 +44,12 @@ def main() -> None:
     record = read_record(partial)
     if "partial" not in record:
         raise SystemExit(f"{partial}: its record has no 'partial': already a finished teacher")
-    cfg = load_config(REPO / "params.yaml", [*args.overrides, f"shard.dir={args.shard_dir}"])
+    cfg = load_config(REPO / "params.yaml", [*args.overrides, f"shard.dir={args.shard_dir}",
+                                             f"teacher.toy.pretrained={partial}"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        unpack_verified(partial, folder)
-        mismatches = architecture_mismatches(cfg, folder)
-        if mismatches:
-            raise ConfigError(f"{partial} does not match the configuration: " + "; ".join(mismatches))
+        unpack_matching(cfg, folder)  # its hash and architecture checked, as the teacher stage checks them
         start = time.perf_counter()
         scored = score_teacher(ToyFamily.load(folder, cfg.teacher.max_text_tokens, device, torch.float32), cfg)
         judge_s = time.perf_counter() - start

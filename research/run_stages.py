@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dcm.config import config_to_dict, load_config
+from dcm.config import ConfigError, config_to_dict, load_config
 from dcm.data.sharding import finalize, plan_shards, write_shard
 from dcm.errors import StoppedEarly
-from dcm.models.packed import RECORD, pack, read_record, unpack_verified
+from dcm.models.packed import RECORD, check_finished, pack, read_record, unpack_verified
 from dcm.ops.git import git_state
 from dcm.train.distributed import init_from_env, rank_and_world
 from dcm.stages.teacher import run_teacher_stage
@@ -163,10 +163,10 @@ def unpack_teacher(parts: Path, teacher_dir: Path) -> None:
     """The teacher folder from tar parts (hash checked against its record), plus the manifest the teacher stage
     would have written."""
     from dcm.io import write_json_atomic
-    progress = read_record(parts).get("partial")
-    if progress is not None:  # students of a half-trained teacher would be measured against the wrong ceiling
-        raise SystemExit(f"{parts} is a teacher stopped at step {progress['steps']} of {progress['of']}: continue it "
-                         "(--continue-teacher) or finish it where it stopped (research/finish_teacher.py) first")
+    try:
+        check_finished(parts)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
     record = unpack_verified(parts, teacher_dir / "model")
     write_json_atomic(teacher_dir / "manifest.json", {"family": "toy", "path": "model", "content_hash": record["content_hash"]})
 

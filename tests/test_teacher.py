@@ -161,7 +161,7 @@ def test_a_stopped_teacher_continues_on_another_machine(tmp_path, make_config):
         run_teacher_stage(make_config(*TINY_TEACHER, "teacher.toy.init=pretrained", f"teacher.toy.pretrained={partial}"))
 
     refused = run_stages("first", "--out", str(tmp_path / "out4"), "--teacher-parts", str(partial))
-    assert refused.returncode != 0 and "is a teacher stopped at step 1 of 4: continue it" in refused.stderr
+    assert refused.returncode != 0 and "is a teacher stopped at step 1 of 4, not a finished one: continue it" in refused.stderr
 
     # or finished where it stopped: judged, then installed like any packed teacher
     ended = tmp_path / "ended"

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from dcm.config import ConfigError
 from dcm.errors import StageError
 from dcm.models.family import folder_hash
 from dcm.models.int8_weights import ENCODED_SUFFIX, decode_file, encode_file
@@ -87,6 +88,16 @@ def read_record(parts: Path) -> dict:
     if not path.is_file():
         raise StageError(f"{path} not found: a packed teacher needs its record (weights/README.md)")
     return json.loads(path.read_text())
+
+
+def check_finished(parts: Path) -> None:
+    """Refuse a teacher that stopped before its step count (research/run_stages.py --resumable packs one as
+    teacher_partial/): students of a half-trained teacher would be measured against the wrong ceiling."""
+    progress = read_record(parts).get("partial")
+    if progress is not None:
+        raise ConfigError(f"{parts} is a teacher stopped at step {progress['steps']} of {progress['of']}, not a "
+                          f"finished one: continue it (research/run_stages.py --continue-teacher {parts}) or finish "
+                          "it where it stopped (research/finish_teacher.py)")
 
 
 def unpack_verified(parts: Path, dest: Path) -> dict:

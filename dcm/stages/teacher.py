@@ -25,7 +25,7 @@ from dcm.eval.report import write_grid, write_loss_curve
 from dcm.eval.scores import clip_scores
 from dcm.io import read_json, sha256_file, write_json_atomic
 from dcm.models.family import folder_hash, validate_folder
-from dcm.models.packed import read_record, unpack_verified
+from dcm.models.packed import check_finished, unpack_verified
 from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
@@ -160,11 +160,7 @@ def _install_pretrained(cfg: DCMConfig, out: Path) -> dict:
     """The packed teacher of teacher.toy.pretrained, unpacked, its hash and architecture checked, then scored
     like a freshly trained one; its record (how it was made, its own judgement) goes into the manifest."""
     source = Path(cfg.teacher.toy.pretrained)
-    progress = read_record(source).get("partial")
-    if progress is not None:  # students of a half-trained teacher would be measured against the wrong ceiling
-        raise ConfigError(f"{source} is a teacher stopped at step {progress['steps']} of {progress['of']}, not a "
-                          "finished one: continue training it (research/run_stages.py --continue-teacher "
-                          f"{source}), or set teacher.toy.pretrained to a finished teacher")
+    check_finished(source)
     tmp = out / f".tmp-{TEACHER_MODEL}"
     record = unpack_matching(cfg, tmp)
     shutil.rmtree(out / TEACHER_MODEL, ignore_errors=True)
