@@ -111,13 +111,33 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
     return jobs
 
 
+# How a job runs, not what it trains: a job another machine finished with other values of these is still the
+# same experiment (compiled and eager differ at bf16 rounding, as two cards do)
+EXECUTION_ONLY = (".compile", ".checkpoint_every", ".log_every", ".latency_repeats")
+
+
+def setting_differences(earlier: list[str], now: list[str]) -> dict[str, tuple]:
+    """{key: (earlier value, value now)} where two jobs' overrides resolve (over today's params.yaml) to different
+    settings, execution-only keys left out."""
+    from dcm.config import config_to_dict, flatten, load_config
+    before, after = (flatten(config_to_dict(load_config(REPO / "params.yaml", overrides))) for overrides in (earlier, now))
+    return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key) and not key.endswith(EXECUTION_ONLY)}
+
+
 def carry_over(jobs: list[Job], record: dict) -> None:
     """Jobs another machine finished (its matrix.json) are not run again: device time is too scarce to
     train a student twice for the final evaluation's latency. Semantic experts are, where a detail job
-    still to run starts from them (the expert itself did not come back)."""
+    still to run starts from them (the expert itself did not come back). A finished job whose settings differ
+    from the plan's now stops the plan: its numbers would sit in a table under a setting they were not made with."""
     for job in jobs:
         entry = record.get(job.name, {})
         if job.stage != "semantic" and entry.get("state") in ("done", "earlier") and "metrics" in entry:
+            differences = setting_differences(entry["overrides"], job.overrides)
+            if differences:
+                listed = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in differences.items())
+                raise SystemExit(f"--earlier: {job.name} was finished with other settings than this plan gives it "
+                                 f"({listed}). Give its run a new name in the plan, or continue without --earlier")
             job.state, job.earlier = "earlier", entry
     needed = {job.needs for job in jobs if job.needs and job.state != "earlier"}
     for job in jobs:
@@ -389,10 +409,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     import torch
     gpus = max(1, torch.cuda.device_count())
-    prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
     jobs = plan_jobs(plan, args.overrides, work)
-    if args.earlier:
+    if args.earlier:  # before the set-up: a mismatch must not cost the device a minute of shards and latents
         carry_over(jobs, json.loads(Path(args.earlier).read_text()))
+    prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
     print(f"{sum(j.state == 'waiting' for j in jobs)} jobs to run on {gpus} GPU(s) × {args.per_gpu} "
           f"({sum(j.state == 'earlier' for j in jobs)} finished on an earlier machine)", flush=True)
     final_done = work / "eval-final" / "metrics.json"

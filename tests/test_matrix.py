@@ -166,3 +166,23 @@ def test_pcm_rows_at_the_reference_placement_are_a_run_of_their_own(tmp_path):
     assert "| pcm | 4 | 3 | 0.941 ± 0.001 |" in summary and "| pcm_reference | 4 | 3 | 0.901 ± 0.001 |" in summary
     assert "dcm-4 − pcm-4 = -0.010" in summary and "behind by more than the spread" in summary
     assert "dcm-4 − pcm_reference-4 = +0.030 (spreads 0.001, 0.001): ahead by more than the spread" in summary
+
+
+def test_a_job_finished_elsewhere_is_carried_only_with_the_plans_settings(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "research"))
+    from run_matrix import carry_over, plan_jobs
+    plan = {**PLAN, "runs": {"lcm": {"method": "lcm"}}}
+    finished = {"state": "done", "metrics": {"lcm_4": {"judge_overall": 0.9}}}
+
+    def record(*extra: str) -> dict:
+        overrides = [*PLAN["common"], "distill.seed=0", *extra]
+        return {"lcm-s0": {**finished, "overrides": overrides}}
+
+    # compiled there, eager here: how a job ran is not what it trained, so it is carried
+    jobs = plan_jobs(plan, [], tmp_path)
+    carry_over(jobs, record("distill.baseline.compile=all"))
+    assert {job.name: job.state for job in jobs}["lcm-s0"] == "earlier"
+    # another learning rate there: its numbers would sit under a setting they were not made with
+    jobs = plan_jobs(plan, [], tmp_path)
+    with pytest.raises(SystemExit, match=r"lcm-s0 was finished with other settings.*distill\.baseline\.lr"):
+        carry_over(jobs, record("distill.baseline.lr=0.5"))
