@@ -25,6 +25,8 @@ REFERENCE_PLACEMENT = "_reference"  # dcm/stages/evaluate.py's suffix (not impor
 COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), ("judge_motion", "motion", 3),
            ("psnr_vs_teacher", "PSNR vs teacher", 2), ("ssim_vs_teacher", "SSIM vs teacher", 3),
            ("oversaturated_fraction", "over-saturated", 3), ("temporal_flicker", "temporal flicker", 4))
+# sub-scores only some profiles have (the textured one's): a column where any row of the table carries them
+OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),)
 
 
 def load_jobs(paths: list[Path]) -> dict[str, dict]:
@@ -63,13 +65,15 @@ def cell(values: list[float], digits: int) -> str:
 
 
 def table(rows: dict, runs: list[str], steps: list[int] | None) -> str:
-    lines = ["| run | steps | seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-             "|---" * (3 + len(COLUMNS)) + "|"]
     keys = [k for k in rows if k[0] == "teacher"] + [(run, s) for run in runs for s in sorted({k[1] for k in rows})
                                                       if (run, s) in rows and (steps is None or s in steps)]
+    shown = [r for k in keys for r in rows[k]]
+    columns = COLUMNS[:2] + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in shown)) + COLUMNS[2:]
+    lines = ["| run | steps | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---" * (3 + len(columns)) + "|"]
     for run, s in keys:
         seeds = rows[(run, s)]
-        cells = [cell([r[m] for r in seeds], d) if all(m in r for r in seeds) else "–" for m, _, d in COLUMNS]
+        cells = [cell([r[m] for r in seeds], d) if all(m in r for r in seeds) else "–" for m, _, d in columns]
         lines.append(f"| {run} | {s} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

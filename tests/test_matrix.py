@@ -186,3 +186,19 @@ def test_a_job_finished_elsewhere_is_carried_only_with_the_plans_settings(tmp_pa
     jobs = plan_jobs(plan, [], tmp_path)
     with pytest.raises(SystemExit, match=r"lcm-s0 was finished with other settings.*distill\.baseline\.lr"):
         carry_over(jobs, record("distill.baseline.lr=0.5"))
+
+
+def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_path):
+    def matrix(**extra: float) -> dict:
+        row = {"judge_overall": 0.9, "judge_shape": 0.8, **extra}
+        return {"teacher-eval": {"run": None, "metrics": {"teacher_50": row}},
+                "dcm-s0": {"run": "dcm", "metrics": {"dcm_4": row}}}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"seeds": [0], "runs": {}, "tables": {"comparison": ["dcm"]}}))
+    for name, record in (("plain", matrix()), ("textured", matrix(judge_texture=0.25))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    plain = script("summarise_matrix.py", str(tmp_path / "plain.json"), "--plan", str(plan))
+    textured = script("summarise_matrix.py", str(tmp_path / "textured.json"), "--plan", str(plan))
+    assert "| run | steps | seeds | judge overall | shape | motion |" in plain and "texture" not in plain
+    assert "| run | steps | seeds | judge overall | shape | texture | motion |" in textured
+    assert "| dcm | 4 | 1 | 0.900 | 0.800 | 0.250 | – |" in textured
