@@ -339,6 +339,14 @@ class DistillConfig(Strict):
     baseline: TrainConfig  # lcm, pcm and single
     baselines: list[Literal["lcm", "pcm", "single"]]  # trained by the distill_baselines stage
 
+    @model_validator(mode="after")
+    def _gan_switches_on(self) -> DistillConfig:
+        if self.adversarial != "none" and self.discriminator.warmup_steps >= self.detail.steps:
+            raise ValueError(f"distill.discriminator.warmup_steps ({self.discriminator.warmup_steps}) is not below "
+                             f"distill.detail.steps ({self.detail.steps}): the GAN term would never reach the detail "
+                             "expert. Lower the warm-up, or set distill.adversarial: none")
+        return self
+
 
 class VBenchConfig(Strict):
     """The real vbench package in custom_input mode; weights come from VBENCH_CACHE_DIR (never downloaded)."""

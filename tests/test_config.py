@@ -82,6 +82,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     ("evaluate.student_steps=[4,200]", "evaluate.student_steps: 200 steps put 100 steps into the segment"),
     ("distill.sample_steps=60", "distill.sample_steps: 60 steps"),
     ("serving.default_steps=60", "serving.default_steps \\(60\\) exceeds serving.max_steps"),
+    ("distill.discriminator.warmup_steps=30", "warmup_steps \\(30\\) is not below distill.detail.steps \\(30\\)"),
 ])
 def test_impossible_step_settings_are_refused_before_any_work(override, message):
     with pytest.raises(ConfigError, match=message):
