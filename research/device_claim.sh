@@ -6,6 +6,7 @@
 #
 #   OUT=... [WORK=/tmp/claim] [TEACHER_PARTS=dir] [EARLIER=matrix.json] [PLAN=yaml] [PER_GPU=6] [WORKERS=16] \
 #     [TEACHER_ONLY=1] [TEACHER_CONTINUE=a returned teacher_partial folder] [RUNS=dcm,lcm,...: a subset of the plan's runs first] \
+#     [FINISH_FIRST=1: the session's last call; where not every job can finish, some pause so that the others do] \
 #     bash research/device_claim.sh <budget_s> [-S key=value ...]
 #
 # The device's copy of the tree has no .git: start the command with DCM_SOURCE_COMMIT=<the hash of `git rev-parse
@@ -60,7 +61,7 @@ matrix_s=$(( $(left) - 20 ))
 # `timeout`: a step that hangs outside the plan's budget (its set-up, say) still ends this call with its log back
 timeout $(( matrix_s + 15 )) python3 research/run_matrix.py --work "$work" --out "$out" --workers "${WORKERS:-16}" --per-gpu "${PER_GPU:-6}" \
   --budget-s "$matrix_s" ${PLAN:+--plan "$PLAN"} ${RUNS:+--runs "$RUNS"} ${TEACHER_PARTS:+--teacher-parts "$TEACHER_PARTS"} \
-  ${EARLIER:+--earlier "$EARLIER"} -S profile=gpu "$@"
+  ${EARLIER:+--earlier "$EARLIER"} ${FINISH_FIRST:+--finish-first} -S profile=gpu "$@"
 rc=$?
 [ "$rc" -ne 124 ] || { echo "plan: stopped by timeout; call again"; exit 3; }  # it stops its jobs and writes matrix.json
 exit "$rc"

@@ -34,12 +34,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from finish_first import Pace, jobs_to_keep, last_logged_step  # noqa: E402
 from run_stages import REPO, shard, source_commit, unpack_teacher  # noqa: E402
 
 STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
 TEACHER_EVAL, TEACHER_JOB = "eval-teacher", "teacher-eval"
 TEACHER_WAIT_S = 300  # a teacher job that failed: students evaluate the teacher themselves
 MARGIN_S = 25  # a job stops training this long before the budget ends, to checkpoint
+STOP_WAIT_S = 60  # a stopped job's time to finish its step and checkpoint before it is killed
 LOG_TAIL = 15
 CURVE = "curve.jsonl"  # a job's logged steps
 SAMPLES = "samples.safetensors"  # a job's first evaluate.grid_prompts clips of every row: sample grids across runs
@@ -57,6 +59,7 @@ class Job:
     gpu: int = 0
     state: str = "waiting"  # waiting | running | done | stopped | failed | earlier (finished on another machine)
     earlier: dict | None = None  # that machine's matrix.json entry
+    pace: Pace | None = field(default=None, repr=False)  # a running training job's progress (finish_first.py)
 
 
 def paths(work: Path, job: str) -> list[str]:
@@ -225,11 +228,15 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
             shutil.copytree(work / "runs" / spec["needs"] / "students" / "semantic", semantic)
     name = OUTPUT_NAMES[spec["stage"]]
     if not (output_folder(cfg, name) / "model_index.json").is_file():
+        from dcm.train.loop import request_stop
+        signal.signal(signal.SIGTERM, request_stop)  # the scheduler's stop: checkpoint at this step, then exit 3
         try:
             run_distill_stage(cfg, spec["stage"], on_log=curve_logger(root / CURVE))
         except StoppedEarly as stopped:
             print(stopped, flush=True)
             return STOPPED
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # an evaluation stopped by the budget just ends
     if spec["stage"] == "semantic":
         return 0
     eval_dir = Path(cfg.evaluate.out_dir)
@@ -244,8 +251,11 @@ def run_job(spec: dict, work: Path, budget_end: float) -> int:
     return 0
 
 
-def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, budget_end: float) -> None:
-    """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out."""
+def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, budget_end: float,
+             finish_first: bool = False) -> None:
+    """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out.
+    finish_first: where the jobs sharing a GPU cannot all finish, pause those that keep the most from finishing
+    (finish_first.py); they go on once the others are done."""
     by_name = {job.name: job for job in jobs}
     for job in jobs:
         root = work / "runs" / job.name
@@ -253,6 +263,7 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
                 "teacher": work / TEACHER_EVAL / "metrics.json"}.get(job.stage, root / "result.json")
         if done.exists() and job.state == "waiting":
             job.state = "done"
+    finishing, paused = False, []
     while True:
         ended = [j for j in jobs if j.state == "running" and j.process.poll() is not None]
         for job in ended:
@@ -263,13 +274,23 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
             summarise(jobs, work, out)
         running = [j for j in jobs if j.state == "running"]
         waiting = [j for j in jobs if j.state == "waiting" and (not j.needs or by_name[j.needs].state == "done")]
-        blocked = [j for j in jobs
-                   if j.state == "waiting" and j.needs and by_name[j.needs].state in ("failed", "stopped")]
+        blocked = [j for j in jobs if j.state == "waiting" and j.needs and by_name[j.needs] not in paused
+                   and by_name[j.needs].state in ("failed", "stopped")]
         for job in blocked:
             job.state = by_name[job.needs].state
+        if finishing and not running:  # the ones kept are done: the paused go on (from their checkpoints)
+            for job in paused:
+                job.state = "waiting"
+            finishing, waiting, paused = False, [*paused, *waiting], []
         if time.time() > budget_end - MARGIN_S / 2 or (not running and not waiting):
             stop_jobs(running)  # past their own time limit (an evaluation, say): stop; rows are kept
             return
+        if finish_first and not finishing:
+            paused = let_the_most_finish(running, work, gpus, budget_end - MARGIN_S)
+            finishing = bool(paused)
+            running = [j for j in running if j.state == "running"]
+        if finishing:  # a job started now would only slow the ones being finished
+            waiting = []
         for job in waiting[: gpus * per_gpu - len(running)]:
             load = [sum(1 for j in running if j.gpu == g) for g in range(gpus)]
             job.gpu = load.index(min(load))
@@ -284,9 +305,44 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
                                                 "--budget-end", str(budget_end)], stdout=log, stderr=subprocess.STDOUT,
                                                env=env, cwd=REPO, start_new_session=True)
             job.state = "running"
+            job.pace = training_pace(job)
             running.append(job)
             print(f"{time.strftime('%H:%M:%S')} {job.name}: started on GPU {job.gpu}", flush=True)
         time.sleep(2)
+
+
+def training_pace(job: Job) -> Pace | None:
+    """A student or expert job's progress tracker (its stage's step count); None for the teacher's evaluation."""
+    if job.stage == "teacher":
+        return None
+    from dcm.config import load_config
+    from dcm.stages.distill import train_config
+    steps = train_config(load_config(REPO / "params.yaml", job.overrides), job.stage).steps
+    return Pace(total_steps=steps, evaluates=job.stage != "semantic")
+
+
+def let_the_most_finish(running: list[Job], work: Path, gpus: int, stop_at: float) -> list[Job]:
+    """Where the jobs sharing a GPU cannot all finish before `stop_at` at their pace, stop those that keep the
+    most from finishing (finish_first.py); returns them (no job starts until the ones kept are done)."""
+    for job in running:
+        if job.pace is not None:
+            job.pace.watch(last_logged_step(work / "runs" / job.name / CURVE))
+    stopped = []
+    for gpu in range(gpus):
+        sharing = [job for job in running if job.gpu == gpu and job.state == "running"]
+        remaining = {job.name: job.pace.remaining_s() if job.pace else None for job in sharing}
+        if not sharing or None in remaining.values():  # a pace not yet known (or the teacher's rows): wait
+            continue
+        keep = jobs_to_keep(remaining, stop_at - time.time())
+        if keep is None:
+            continue
+        for job in sharing:
+            if job.name not in keep:
+                stop_jobs([job])
+                print(f"{time.strftime('%H:%M:%S')} {job.name}: stopped (its checkpoint continues it) so that "
+                      f"{', '.join(sorted(keep))} can finish within the budget", flush=True)
+                stopped.append(job)
+    return stopped
 
 
 def stop_jobs(jobs: list[Job]) -> None:
@@ -294,7 +350,11 @@ def stop_jobs(jobs: list[Job]) -> None:
     for job in jobs:
         if job.state == "running" and job.process.poll() is None:
             os.killpg(job.process.pid, signal.SIGTERM)
-            job.process.wait()
+            try:  # a training job finishes its step and checkpoints first
+                job.process.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(job.process.pid, signal.SIGKILL)
+                job.process.wait()
         if job.state == "running":
             job.state = "stopped"
 
@@ -386,6 +446,9 @@ def main() -> None:
     parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
     parser.add_argument("--final-s", type=float, default=120,
                         help="the least budget left, once every job is done, to start the final evaluation")
+    parser.add_argument("--finish-first", action="store_true",
+                        help="the last call of a machine (its work dir will not survive): where the jobs sharing a "
+                             "GPU cannot all finish, pause some so that the others do (research/finish_first.py)")
     parser.add_argument("--earlier", help="a matrix.json from another machine: its finished jobs are kept, not re-run")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
     parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)
@@ -418,7 +481,7 @@ def main() -> None:
     final_done = work / "eval-final" / "metrics.json"
     signal.signal(signal.SIGTERM, terminated)
     try:  # training gets the whole budget: time kept back for the final evaluation is lost if jobs are unfinished
-        schedule(jobs, work, out, gpus, args.per_gpu, budget_end)
+        schedule(jobs, work, out, gpus, args.per_gpu, budget_end, args.finish_first)
         final = final_runs(plan.get("final", []), jobs) if not final_done.is_file() else []
         if final and time.time() < budget_end - args.final_s:
             final_evaluation(plan, final, args.overrides, work, out)

@@ -165,6 +165,19 @@ def test_the_hinge_term_reaches_the_student_only_after_the_heads_warm_up(config,
     assert [logged[step]["gan_on"] for step in (2, 3, 4)] == [0.0, 1.0, 1.0]
 
 
+def test_a_stop_request_checkpoints_where_training_stops_and_the_next_run_goes_on(config):
+    """request_stop (research/run_matrix.py's SIGTERM handler) ends training at the next step with a
+    checkpoint of it, not of the last checkpoint_every step; the next run starts from there and is not stopped."""
+    from dcm.train.loop import request_stop
+    cfg = config("distill.semantic.checkpoint_every=4")
+    with pytest.raises(StageError, match="stopped at step 2 of 4"):
+        run_distill_stage(cfg, "semantic", on_log=lambda step, metrics: step == 1 and request_stop())
+    assert latest_checkpoint(Path(cfg.distill.checkpoint_dir) / "semantic").name == "step-00000002"
+    logged = []
+    run_distill_stage(cfg, "semantic", on_log=lambda step, metrics: logged.append(step))
+    assert logged == [3, 4]
+
+
 def test_every_update_of_the_heads_reads_the_weights_the_last_one_stepped():
     """Autocast keeps bf16 copies of the weights it casts until its outermost region ends: heads updated several
     times inside one region (as the loop once ran the discriminator's step, under its own autocast) kept reading

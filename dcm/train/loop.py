@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,14 @@ from dcm.train.distributed import barrier, mean_across, micro_slices, rank_and_w
 from dcm.train.sharding import (compute_policy, data_parallel, full_value, local, recompute_blocks, shard,
                                 store_frozen)
 from dcm.train.prefetch import Prefetcher, prefetch_kind
+
+_stop_request = threading.Event()  # set by request_stop (a signal handler): the running train() stops after this step
+
+
+def request_stop(*_signal_args) -> None:
+    """Ask a running train() to finish its step, checkpoint and stop early, as at its time limit. Usable as a
+    signal handler, so that a scheduler's SIGTERM costs no steps since the last checkpoint."""
+    _stop_request.set()
 
 
 class Method(Protocol):
@@ -218,7 +227,7 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
             # One host sync per step for both guards and the clock (each sync stalls the GPU queue). The time
             # limit is averaged too: data-parallel ranks must agree to stop at the same step, or one would
             # wait for the others' gradients for ever.
-            late = float(time_limit_s is not None and time.perf_counter() - started > time_limit_s)
+            late = float(_stop_request.is_set() or (time_limit_s is not None and time.perf_counter() - started > time_limit_s))
             shared = mean_across(torch.stack([step_loss, torch.tensor(late, device=step_loss.device)]))
             loss_value, late_share, norm_value = torch.cat([shared, grad_norm.float().view(1)]).tolist()
             if not math.isfinite(loss_value) or not math.isfinite(norm_value):
@@ -251,5 +260,6 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
     finally:
         bar.close()
         batches.close()
+        _stop_request.clear()  # a request stops one run, not the next in this process
     result.ema = ema
     return result

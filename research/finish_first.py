@@ -1,0 +1,66 @@
+"""When the budget cannot finish every job sharing a GPU, finish as many as it can.
+
+Jobs on one GPU share it about evenly, and together they go no faster than one alone would (2026-12-07: three
+LCM jobs all stopped at step 1164-1172 of 1200 when the session's device time ran out; two alone would have
+finished). A job stopped early keeps its checkpoint, so on the same machine the next call continues it: nothing
+is lost there, and at the end of a session's device time whole results come back instead of none.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EVALUATION_S = 60  # a student's evaluation after its last step (512 prompts, GPU profile, shared card): an estimate
+PACE_WINDOW_S = 60  # a job's pace is trusted once its logged steps have been watched for this long
+
+
+def jobs_to_keep(remaining_s: dict[str, float], left_s: float) -> set[str] | None:
+    """Of the jobs sharing one GPU (each one's seconds to finish at the shared pace now), the ones to keep
+    running so that the most of them finish within `left_s`: the shortest first. None when all of them finish
+    anyway, or when not even the shortest would (then stopping others gains nothing)."""
+    sharing = len(remaining_s)
+    alone = sorted((seconds / sharing, name) for name, seconds in remaining_s.items())  # the card's time each needs
+    kept, used = set(), 0.0
+    for seconds, name in alone:
+        if used + seconds > left_s:
+            break
+        kept.add(name)
+        used += seconds
+    return None if len(kept) in (0, sharing) else kept
+
+
+def last_logged_step(curve: Path) -> int | None:
+    """The highest step a job's curve file (JSON lines) has logged, None before its first."""
+    steps = []
+    for line in curve.read_text().splitlines() if curve.is_file() else []:
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (json.JSONDecodeError, KeyError, ValueError):  # the line a killed job was writing
+            continue
+    return max(steps, default=None)
+
+
+@dataclass
+class Pace:
+    """One running job's progress as the scheduler sees it: (time, last logged step) while the step moves."""
+    total_steps: int
+    evaluates: bool  # a student: its evaluation follows the last step
+    seen: list[tuple[float, int]] = field(default_factory=list)
+
+    def watch(self, step: int | None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if step is not None and (not self.seen or step != self.seen[-1][1]):
+            self.seen.append((now, step))
+
+    def remaining_s(self, now: float | None = None) -> float | None:
+        """Seconds to finish at the pace seen so far; None until the steps have moved over PACE_WINDOW_S."""
+        now = time.time() if now is None else now
+        if len(self.seen) < 2 or self.seen[-1][0] - self.seen[0][0] < PACE_WINDOW_S:
+            return None
+        (start, first), (logged, last) = self.seen[0], self.seen[-1]
+        steps_per_s = (last - first) / (logged - start)
+        to_go = (self.total_steps - last) / steps_per_s + (EVALUATION_S if self.evaluates else 0.0)
+        return max(0.0, to_go - (now - logged))  # it has gone on since its last logged step
