@@ -114,8 +114,8 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
     return jobs
 
 
-# How a job runs, not what it trains: a job another machine finished with other values of these is still the
-# same experiment (compiled and eager differ at bf16 rounding, as two cards do)
+# How a job runs, not what it trains: a job another machine finished with other values of these counts as the
+# same experiment (whether compiling moves the judge beyond bf16 rounding is what issue21.yaml's pcm_eager measures)
 EXECUTION_ONLY = (".compile", ".checkpoint_every", ".log_every", ".latency_repeats")
 
 
