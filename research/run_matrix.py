@@ -346,15 +346,19 @@ def let_the_most_finish(running: list[Job], work: Path, gpus: int, stop_at: floa
 
 
 def stop_jobs(jobs: list[Job]) -> None:
-    """Stop running jobs (each in its own session, with its loader processes); their checkpoints continue them."""
+    """Stop running jobs (each in its own session, with its loader processes); their checkpoints continue them.
+    All are asked at once and given STOP_WAIT_S together to finish their step and checkpoint, then killed."""
+    alive = [job for job in jobs if job.state == "running" and job.process.poll() is None]
+    for job in alive:
+        os.killpg(job.process.pid, signal.SIGTERM)
+    deadline = time.time() + STOP_WAIT_S
+    for job in alive:
+        try:
+            job.process.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(job.process.pid, signal.SIGKILL)
+            job.process.wait()
     for job in jobs:
-        if job.state == "running" and job.process.poll() is None:
-            os.killpg(job.process.pid, signal.SIGTERM)
-            try:  # a training job finishes its step and checkpoints first
-                job.process.wait(timeout=STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(job.process.pid, signal.SIGKILL)
-                job.process.wait()
         if job.state == "running":
             job.state = "stopped"
 
