@@ -255,7 +255,8 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
              finish_first: bool = False) -> None:
     """Start ready jobs on the least loaded GPU, in priority order, until all ended or the budget ran out.
     finish_first: where the jobs sharing a GPU cannot all finish, pause those that keep the most from finishing
-    (finish_first.py); they go on once the others are done."""
+    (finish_first.py); they go on once the others are done. Until then no job starts, on any GPU: a machine of
+    several GPUs may idle a slot meanwhile, the price of keeping this simple for a session's last call."""
     by_name = {job.name: job for job in jobs}
     for job in jobs:
         root = work / "runs" / job.name
