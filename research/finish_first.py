@@ -1,14 +1,14 @@
 """When the budget cannot finish every job sharing a GPU, finish as many as it can (run_matrix --finish-first).
 
 Jobs on one GPU share it about evenly, and together they go little faster than one alone (2026-12-06, one H100:
-a detail job alone 252 ms/step at batch 32, ~127 clips/s; four sharing ~37 clips/s each, ~148 together). On 2026-12-07 three LCM jobs all stopped at step 1164-1172 of 1200 when the session's
-device time ran out; at their pace two alone would have finished. The jobs paused here keep their checkpoints and
-go on once the others are done, so whole results come back from a session's last call instead of none.
+a detail job alone 252 ms/step at batch 32, ~127 clips/s; four sharing ~37 clips/s each, ~148 together). On
+2026-12-07 three LCM jobs all stopped at step 1164-1172 of 1200 when the session's device time ran out; at
+their pace two alone would have finished. The jobs paused here keep their checkpoints and go on once the others
+are done, so whole results come back from a session's last call instead of none.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +30,6 @@ def jobs_to_keep(remaining_s: dict[str, float], left_s: float) -> set[str] | Non
         kept.add(name)
         used += seconds
     return None if len(kept) in (0, sharing) else kept
-
-
-def last_logged_step(curve: Path) -> int | None:
-    """The highest step a job's curve file (JSON lines) has logged, None before its first."""
-    steps = []
-    for line in curve.read_text().splitlines() if curve.is_file() else []:
-        try:
-            steps.append(int(json.loads(line)["step"]))
-        except (json.JSONDecodeError, KeyError, ValueError):  # the line a killed job was writing
-            continue
-    return max(steps, default=None)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finish_first import Pace, jobs_to_keep, last_logged_step  # noqa: E402
+from finish_first import Pace, jobs_to_keep  # noqa: E402
 from run_stages import REPO, shard, source_commit, unpack_teacher  # noqa: E402
 
 STOPPED = 3  # a job's exit code when its time ran out: its checkpoint continues it next time
@@ -123,7 +123,8 @@ def setting_differences(earlier: list[str], now: list[str]) -> dict[str, tuple]:
     """{key: (earlier value, value now)} where two jobs' overrides resolve (over today's params.yaml) to different
     settings, execution-only keys left out."""
     from dcm.config import config_to_dict, flatten, load_config
-    before, after = (flatten(config_to_dict(load_config(REPO / "params.yaml", overrides))) for overrides in (earlier, now))
+    before, after = (flatten(config_to_dict(load_config(REPO / "params.yaml", overrides)))
+                     for overrides in (earlier, now))
     return {key: (before.get(key), after.get(key)) for key in sorted(before.keys() | after.keys())
             if before.get(key) != after.get(key) and not key.endswith(EXECUTION_ONLY)}
 
@@ -204,6 +205,12 @@ def read_curve(path: Path) -> list[dict]:
             continue
         by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]
+
+
+def last_logged_step(curve: Path) -> int | None:
+    """The highest step a job's curve file has logged, None before its first."""
+    records = read_curve(curve)
+    return records[-1]["step"] if records else None
 
 
 def run_job(spec: dict, work: Path, budget_end: float) -> int:

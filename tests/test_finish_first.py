@@ -1,4 +1,5 @@
-"""research/finish_first.py: which jobs sharing a GPU to keep when the budget cannot finish them all."""
+"""research/finish_first.py: which jobs sharing a GPU to keep when the budget cannot finish them all, and the
+pace run_matrix reads from their curves."""
 
 import json
 import sys
@@ -8,7 +9,8 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "research"))
-from finish_first import EVALUATION_S, PACE_WINDOW_S, Pace, jobs_to_keep, last_logged_step  # noqa: E402
+from finish_first import EVALUATION_S, PACE_WINDOW_S, Pace, jobs_to_keep  # noqa: E402
+from run_matrix import last_logged_step  # noqa: E402
 
 pytestmark = pytest.mark.fast
 

@@ -38,7 +38,7 @@ from dcm.train.sharding import (compute_policy, data_parallel, full_value, local
                                 store_frozen)
 from dcm.train.prefetch import Prefetcher, prefetch_kind
 
-_stop_request = threading.Event()  # set by request_stop (a signal handler): the running train() stops after this step
+_stop_request = threading.Event()  # set by request_stop (a signal handler): the running train() stops at its step
 
 
 def request_stop(*_signal_args) -> None:
@@ -227,7 +227,8 @@ def train(method: Method, stream: Stream, cfg: TrainConfig, checkpoint_dir: Path
             # One host sync per step for both guards and the clock (each sync stalls the GPU queue). The time
             # limit is averaged too: data-parallel ranks must agree to stop at the same step, or one would
             # wait for the others' gradients for ever.
-            late = float(_stop_request.is_set() or (time_limit_s is not None and time.perf_counter() - started > time_limit_s))
+            out_of_time = time_limit_s is not None and time.perf_counter() - started > time_limit_s
+            late = float(_stop_request.is_set() or out_of_time)
             shared = mean_across(torch.stack([step_loss, torch.tensor(late, device=step_loss.device)]))
             loss_value, late_share, norm_value = torch.cat([shared, grad_norm.float().view(1)]).tolist()
             if not math.isfinite(loss_value) or not math.isfinite(norm_value):
