@@ -5,7 +5,7 @@
 # $OUT returned (commit it, carry it): TEACHER_PARTS and EARLIER.
 #
 #   OUT=... [WORK=/tmp/claim] [TEACHER_PARTS=dir] [EARLIER=matrix.json] [PLAN=yaml] [PER_GPU=6] [WORKERS=16] \
-#     [TEACHER_ONLY=1] [TEACHER_CONTINUE=a returned teacher_partial folder] [RUNS=dcm,lcm,...: a subset of the plan's runs first] \
+#     [TEACHER_ONLY=1] [TEACHER_CONTINUE=a returned teacher_partial folder] [RUNS=dcm,lcm-s0,...: a subset of the plan's runs first; run-sN one seed of a run] \
 #     [FINISH_FIRST=1: the session's last call; where not every job can finish, some pause so that the others do] \
 #     bash research/device_claim.sh <budget_s> [-S key=value ...]
 #

@@ -91,6 +91,21 @@ def plan_mistakes(plan: dict) -> list[str]:
     return sorted(mistakes)
 
 
+def chosen_runs(plan: dict, chosen: list[str]) -> dict[str, dict]:
+    """The plan's runs a call's --runs names, in the plan's order: `lcm` is every seed of lcm, `lcm-s0` seed 0
+    alone (a control that one seed answers, without the device time of the others)."""
+    seeds: dict[str, list[int]] = {}
+    for name in chosen:
+        run, _, seed = name.rpartition("-s")
+        if name in plan["runs"]:
+            seeds[name] = plan["runs"][name].get("seeds", plan["seeds"])
+        elif run in plan["runs"] and seed.isdigit() and int(seed) in plan["runs"][run].get("seeds", plan["seeds"]):
+            seeds.setdefault(run, []).append(int(seed))
+        else:
+            raise ValueError(f"{name} is neither a run of the plan nor one of its runs' seeds (run-sN)")
+    return {run: {**spec, "seeds": sorted(set(seeds[run]))} for run, spec in plan["runs"].items() if run in seeds}
+
+
 def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
     """Jobs in the plan's priority order; semantic experts deduplicated by the settings stage 1 reads."""
     from dcm.config import config_to_dict, load_config
@@ -292,6 +307,8 @@ def schedule(jobs: list[Job], work: Path, out: Path, gpus: int, per_gpu: int, bu
             finishing, waiting, paused = False, [*paused, *waiting], []
         if time.time() > budget_end - MARGIN_S / 2 or (not running and not waiting):
             stop_jobs(running)  # past their own time limit (an evaluation, say): stop; rows are kept
+            for job in running:  # the call's log says so, as it does for a job that stopped itself
+                print(f"{time.strftime('%H:%M:%S')} {job.name}: stopped by the budget", flush=True)
             return
         if finish_first and not finishing:
             paused = let_the_most_finish(running, work, gpus, budget_end - MARGIN_S)
@@ -455,7 +472,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="shard writers")
     parser.add_argument("--per-gpu", type=int, default=6, help="jobs sharing one GPU")
     parser.add_argument("--budget-s", type=float, default=540, help="stop (with checkpoints) after this long")
-    parser.add_argument("--runs", help="comma-separated subset of the plan's runs")
+    parser.add_argument("--runs", help="comma-separated subset of the plan's runs (run-sN: one seed of a run)")
     parser.add_argument("--final-s", type=float, default=120,
                         help="the least budget left, once every job is done, to start the final evaluation")
     parser.add_argument("--finish-first", action="store_true",
@@ -475,11 +492,10 @@ def main() -> None:
     if mistakes:
         parser.error(f"{args.plan}: " + "; ".join(mistakes))
     if args.runs:
-        chosen = args.runs.split(",")
-        unknown = set(chosen) - set(plan["runs"])
-        if unknown:
-            parser.error(f"runs {sorted(unknown)} are not in {args.plan}")
-        plan["runs"] = {name: spec for name, spec in plan["runs"].items() if name in chosen}
+        try:
+            plan["runs"] = chosen_runs(plan, args.runs.split(","))
+        except ValueError as error:
+            parser.error(f"{args.plan}: {error}")
     out = Path(args.out or work / "out")
     out.mkdir(parents=True, exist_ok=True)
     import torch

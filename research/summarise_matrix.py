@@ -26,7 +26,8 @@ COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), (
            ("psnr_vs_teacher", "PSNR vs teacher", 2), ("ssim_vs_teacher", "SSIM vs teacher", 3),
            ("oversaturated_fraction", "over-saturated", 3), ("temporal_flicker", "temporal flicker", 4))
 # sub-scores only some profiles have (the textured one's): a column where any row of the table carries them
-OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),)
+OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),) + tuple(
+    (f"judge_texture_{surface}", f"texture: {surface}", 3) for surface in ("plain", "striped", "checked", "speckled"))
 
 
 def load_jobs(paths: list[Path]) -> dict[str, dict]:

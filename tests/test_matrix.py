@@ -188,6 +188,19 @@ def test_a_job_finished_elsewhere_is_carried_only_with_the_plans_settings(tmp_pa
         carry_over(jobs, record("distill.baseline.lr=0.5"))
 
 
+def test_runs_pick_whole_runs_or_single_seeds_in_the_plans_order(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "research"))
+    from run_matrix import chosen_runs
+    plan = {"seeds": [0, 1, 2], "runs": {"dcm": {"method": "dcm"}, "pcm": {"method": "pcm"},
+                                         "tuned": {"method": "dcm", "seeds": [0]}}}
+    assert chosen_runs(plan, ["pcm", "dcm-s2", "dcm-s0"]) == {"dcm": {"method": "dcm", "seeds": [0, 2]},
+                                                             "pcm": {"method": "pcm", "seeds": [0, 1, 2]}}
+    assert chosen_runs(plan, ["dcm-s1", "dcm"])["dcm"]["seeds"] == [0, 1, 2]
+    for wrong in ("lcm", "tuned-s1", "dcm-sx"):  # no such run; a seed its run does not have; not a seed
+        with pytest.raises(ValueError, match=f"{wrong} is neither a run"):
+            chosen_runs(plan, [wrong])
+
+
 def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_path):
     def matrix(**extra: float) -> dict:
         row = {"judge_overall": 0.9, "judge_shape": 0.8, **extra}
@@ -195,10 +208,11 @@ def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_pat
                 "dcm-s0": {"run": "dcm", "metrics": {"dcm_4": row}}}
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"seeds": [0], "runs": {}, "tables": {"comparison": ["dcm"]}}))
-    for name, record in (("plain", matrix()), ("textured", matrix(judge_texture=0.25))):
+    for name, record in (("plain", matrix()), ("textured", matrix(judge_texture=0.25, judge_texture_checked=0.125))):
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
     plain = script("summarise_matrix.py", str(tmp_path / "plain.json"), "--plan", str(plan))
     textured = script("summarise_matrix.py", str(tmp_path / "textured.json"), "--plan", str(plan))
     assert "| run | steps | seeds | judge overall | shape | motion |" in plain and "texture" not in plain
-    assert "| run | steps | seeds | judge overall | shape | texture | motion |" in textured
-    assert "| dcm | 4 | 1 | 0.900 | 0.800 | 0.250 | – |" in textured
+    # a surface's own column only where rows carry it (records from before the breakdown have none)
+    assert "| run | steps | seeds | judge overall | shape | texture | texture: checked | motion |" in textured
+    assert "| dcm | 4 | 1 | 0.900 | 0.800 | 0.250 | 0.125 | – |" in textured

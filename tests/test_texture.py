@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from dcm.config import TEXTURE_NAMES, load_config
 from dcm.data.shapes import draw_sample, texture_shade
-from dcm.eval.judge import judge_clip
+from dcm.eval.judge import judge_clip, judge_many
 from dcm.eval.texture import SIGNATURES, lag_correlation, shading, texture_probabilities
 from tests.conftest import REPO, ground_truth_clips
 
@@ -101,6 +101,21 @@ def test_noise_keeps_the_texture_and_blur_erases_fine_detail(truth):
     blurred = [(ndimage.gaussian_filter(c.astype(float), (0, 0.8, 0.8, 0)).round().astype(np.uint8), p)
                for c, p in fine]
     assert judged(fine, "texture") >= 0.95 and judged(blurred, "texture") <= 0.3
+
+
+def test_judge_many_breaks_the_texture_score_down_by_surface(truth):
+    # blur only the checked clips: their own score falls, the other surfaces' stay where they were
+    blurred = [(ndimage.gaussian_filter(c.astype(float), (0, 0.8, 0.8, 0)).round().astype(np.uint8)
+                if p["texture"] == "checked" else c, p) for c, p in truth]
+    clips, prompts = zip(*blurred)
+    means = judge_many(list(clips), list(prompts), CFG.data, CFG.judge)
+    checked = [judge_clip(c, p, CFG.data, CFG.judge).texture for c, p in blurred if p["texture"] == "checked"]
+    assert means["texture_checked"] == pytest.approx(np.mean(checked)) and means["texture_checked"] <= 0.3
+    for surface in ("plain", "striped", "speckled"):
+        assert means[f"texture_{surface}"] >= 0.9, surface
+    plain_profile = load_config(REPO / "params.yaml").data
+    assert not any(key.startswith("texture") for key in judge_many(list(clips[:2]), list(prompts[:2]),
+                                                                   plain_profile, CFG.judge))
 
 
 def test_texture_settings_that_cannot_work_are_refused():

@@ -239,6 +239,13 @@ def judge_clip(clip: np.ndarray, prompt: dict, data: DataConfig, cfg: JudgeConfi
 
 
 def judge_many(clips, prompts: list[dict], data: DataConfig, cfg: JudgeConfig) -> dict[str, float]:
-    """Mean of every sub-score and the overall score over clips judged against their prompts."""
+    """Mean of every sub-score and the overall score over clips judged against their prompts; on the textured
+    profile also `texture_<surface>`, the texture score of each surface's clips: a student that loses only the
+    fine ones (checks, speckle) shows it there, where the mean over all four hides which."""
     scores = [judge_clip(clip, prompt, data, cfg).as_dict() for clip, prompt in zip(clips, prompts)]
-    return {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+    means = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+    for surface in data.shapes.textures:
+        mine = [s["texture"] for s, p in zip(scores, prompts) if p.get("texture", "plain") == surface]
+        if mine:
+            means[f"texture_{surface}"] = float(np.mean(mine))
+    return means
