@@ -25,9 +25,10 @@ REFERENCE_PLACEMENT = "_reference"  # dcm/stages/evaluate.py's suffix (not impor
 COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), ("judge_motion", "motion", 3),
            ("psnr_vs_teacher", "PSNR vs teacher", 2), ("ssim_vs_teacher", "SSIM vs teacher", 3),
            ("oversaturated_fraction", "over-saturated", 3), ("temporal_flicker", "temporal flicker", 4))
-# sub-scores only some profiles have (the textured one's): a column where any row of the table carries them
-OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),) + tuple(
-    (f"judge_texture_{surface}", f"texture: {surface}", 3) for surface in ("plain", "striped", "checked", "speckled"))
+# sub-scores only some profiles have (the textured one's): a column where any row of the table carries them;
+# then the texture score of each surface (judge_texture_<surface>), in the order the rows list them
+OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),)
+SURFACE_PREFIX = "judge_texture_"
 
 
 def load_jobs(paths: list[Path]) -> dict[str, dict]:
@@ -69,7 +70,9 @@ def table(rows: dict, runs: list[str], steps: list[int] | None) -> str:
     keys = [k for k in rows if k[0] == "teacher"] + [(run, s) for run in runs for s in sorted({k[1] for k in rows})
                                                       if (run, s) in rows and (steps is None or s in steps)]
     shown = [r for k in keys for r in rows[k]]
-    columns = COLUMNS[:2] + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in shown)) + COLUMNS[2:]
+    surfaces = dict.fromkeys(key for r in shown for key in r if key.startswith(SURFACE_PREFIX))
+    columns = (COLUMNS[:2] + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in shown))
+               + tuple((key, f"texture: {key.removeprefix(SURFACE_PREFIX)}", 3) for key in surfaces) + COLUMNS[2:])
     lines = ["| run | steps | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---" * (3 + len(columns)) + "|"]
     for run, s in keys:
