@@ -28,6 +28,7 @@ COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), (
 # sub-scores only some profiles have (the textured one's): a column where any row of the table carries them;
 # then the texture score of each surface (judge_texture_<surface>), in the order the rows list them
 OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),)
+LATE_COLUMNS = (("patch_grid", "patch grid", 2),)  # after the fixed ones, where a row has it (since 2026-12-07)
 SURFACE_PREFIX = "judge_texture_"
 
 
@@ -72,7 +73,8 @@ def table(rows: dict, runs: list[str], steps: list[int] | None) -> str:
     shown = [r for k in keys for r in rows[k]]
     surfaces = dict.fromkeys(key for r in shown for key in r if key.startswith(SURFACE_PREFIX))
     columns = (COLUMNS[:2] + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in shown))
-               + tuple((key, f"texture: {key.removeprefix(SURFACE_PREFIX)}", 3) for key in surfaces) + COLUMNS[2:])
+               + tuple((key, f"texture: {key.removeprefix(SURFACE_PREFIX)}", 3) for key in surfaces) + COLUMNS[2:]
+               + tuple(c for c in LATE_COLUMNS if any(c[0] in r for r in shown)))
     lines = ["| run | steps | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---" * (3 + len(columns)) + "|"]
     for run, s in keys:

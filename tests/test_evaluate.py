@@ -35,8 +35,9 @@ def test_evaluation_compares_teacher_dcm_and_baselines(config):
     assert metrics["pcm_reference_4"]["psnr_vs_teacher"] != metrics["pcm_4"]["psnr_vs_teacher"]
     assert metrics["pcm_reference_1"]["psnr_vs_teacher"] == metrics["pcm_1"]["psnr_vs_teacher"]
     for key in ("judge_overall", "judge_colour", "psnr_vs_teacher", "ssim_vs_teacher", "saturation_mean",
-                "oversaturated_fraction", "latency_s", "speedup"):
+                "oversaturated_fraction", "patch_grid", "latency_s", "speedup"):
         assert key in metrics["dcm_4"], key
+    assert all(metrics[row]["patch_grid"] >= 0 for row in ("teacher_6", "dcm_4"))  # the toy's 4-pixel patch
     assert "psnr_vs_teacher" not in metrics["teacher_6"] and metrics["teacher_6"]["speedup"] == 1.0
     assert 0 <= metrics["dcm_4"]["judge_overall"] <= 1 and -1 <= metrics["dcm_4"]["ssim_vs_teacher"] <= 1
     report = result["files"]["report"].read_text()

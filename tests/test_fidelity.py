@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dcm.eval.fidelity import psnr, saturation, saturation_stats, ssim, temporal_flicker
+from dcm.eval.fidelity import patch_grid, psnr, saturation, saturation_stats, ssim, temporal_flicker
 
 pytestmark = pytest.mark.fast
 
@@ -50,3 +50,22 @@ def test_temporal_flicker_by_hand():
     assert temporal_flicker(blink) == pytest.approx(0.8)
     assert temporal_flicker(ramp) == pytest.approx(1 - (255 / 12 / 2) / 255)
     assert temporal_flicker(np.concatenate([blink, still])) == pytest.approx(0.9)  # the mean over clips
+
+
+def test_patch_grid_by_hand():
+    frames, height, width = 3, 8, 16
+    x, y = np.arange(width), np.arange(height)
+    flat = np.full((1, frames, height, width, 3), 100.0)
+    assert patch_grid(flat, (4, 4)) == pytest.approx(0.0)
+    # vertical bands, amplitude 10 at the 4-pixel period, any phase; horizontal ones of amplitude 3
+    columns = flat + 10 * np.sin(2 * np.pi * x / 4 + 0.3)[None, None, None, :, None]
+    both = columns + 3 * np.cos(2 * np.pi * y / 4)[None, None, :, None, None]
+    assert patch_grid(columns, (4, 4)) == pytest.approx(10.0) and patch_grid(both, (4, 4)) == pytest.approx(10.0)
+    # bands of another period do not count; a 2-pixel period is the spectrum's last bin, (−1)^y of amplitude 5
+    assert patch_grid(flat + 10 * np.cos(2 * np.pi * x / 8)[None, None, None, :, None], (4, 4)) == pytest.approx(0.0)
+    assert patch_grid(flat + 5 * (-1.0) ** y[None, None, :, None, None], (2, 2)) == pytest.approx(5.0)
+    # the mean over clips, and a grid that does not tile the clip is refused
+    assert patch_grid(np.concatenate([columns, flat]), (4, 4)) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="does not tile"):
+        patch_grid(flat, (3, 4))
+

@@ -11,7 +11,8 @@ from PIL import Image
 from dcm.io import atomic_path
 
 COLUMNS = ("judge_overall", "judge_colour", "judge_shape", "judge_motion", "psnr_vs_teacher", "ssim_vs_teacher",
-           "mmd_vs_real", "saturation_mean", "oversaturated_fraction", "temporal_flicker", "latency_s", "speedup")
+           "mmd_vs_real", "saturation_mean", "oversaturated_fraction", "temporal_flicker", "patch_grid", "latency_s",
+           "speedup")
 REPORT_FILE, TABLE_FILE, GRID_FILE = "report.md", "quality.csv", "samples.png"
 QUALITY = "quality"  # quality.csv's plotted column: the active gate's primary metric (the judge for shapes)
 CHARTS = (("judge_overall", "judge overall (higher is better)"),

@@ -36,6 +36,7 @@ from dcm.pipeline import DCMPipeline
 from dcm.progress import progress
 from dcm.sampling import generate
 from dcm.schedule import reference_pcm_sigmas, sampling_sigmas
+from dcm.stages.checks import pixel_patch
 from dcm.stages.paths import (BASELINES_DIR, EVAL_METRICS, MANIFEST, OUTPUT_NAMES, TEACHER_MODEL, output_folder,
                               shard_manifest)
 from dcm.stages.spec import Output, StageSpec
@@ -79,7 +80,7 @@ def _timed(make: Callable[[], torch.Tensor], repeats: int, count: int) -> tuple[
 def score(cfg: DCMConfig, clips: np.ndarray, prompts: list[dict], reference: np.ndarray | None, real: np.ndarray,
           name: str, device: torch.device, out: Path) -> dict[str, float]:
     """clip_scores (the judge where prompts carry ground truth), vbench, and fidelity to the teacher's clips."""
-    metrics = clip_scores(clips, prompts, real, cfg.data, cfg.judge)
+    metrics = clip_scores(clips, prompts, real, cfg.data, cfg.judge, pixel_patch(cfg))
     metrics |= vbench_scores(clips, [p["caption"] for p in prompts], name, cfg.evaluate.vbench,
                              out / VBENCH_DIR, device.type, cfg.data.fps)
     if reference is not None:

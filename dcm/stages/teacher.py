@@ -30,7 +30,7 @@ from dcm.models.registry import family_class
 from dcm.models.toy import ToyFamily
 from dcm.sampling import generate
 from dcm.schedule import sampling_sigmas
-from dcm.stages.checks import check_geometry
+from dcm.stages.checks import check_geometry, pixel_patch
 from dcm.stages.paths import MANIFEST, METRICS, TEACHER_MODEL, shard_manifest, teacher_manifest, teacher_model_dir
 from dcm.stages.spec import CHECKPOINTS_NOTE, Output, StageSpec, param_values
 from dcm.train.distributed import rank_and_world
@@ -100,8 +100,8 @@ def score_teacher(teacher, cfg: DCMConfig, steps: int | None = None) -> dict:
                       cfg.data.height, cfg.data.width, sampling_sigmas(cfg.schedule, steps or sampling.steps),
                       sampling.guidance_scale, cfg.teacher.negative_prompt, sampling.batch_size)
     clips = video_to_clips(videos)
-    return {"metrics": clip_scores(clips, prompts, real, cfg.data, cfg.judge), "clips": clips, "prompts": prompts,
-            "real": real}
+    return {"metrics": clip_scores(clips, prompts, real, cfg.data, cfg.judge, pixel_patch(cfg)), "clips": clips,
+            "prompts": prompts, "real": real}
 
 
 def _record_real_teacher(cfg: DCMConfig, out: Path) -> dict:
