@@ -288,6 +288,8 @@ class DiscriminatorConfig(Strict):
     hidden: int = Field(ge=1)  # 1×1-conv width (reference 1024)
     groups: int = Field(ge=1)  # GroupNorm groups; must divide `hidden`
     residual: bool  # the second conv block is added onto its input (reference: yes)
+    kernel: int = Field(ge=1)  # tokens across the first conv (reference 1: each token alone; 3: with its 8
+    # neighbours, so a pattern repeated on every patch, the patch grid showing through, is in what it judges)
     real: Literal["target", "data"]  # what the heads see as real: the consistency target (the reference) or
     # the training clip itself at the same segment edge
     leaky_slope: float = Field(ge=0, lt=1)  # LeakyReLU's negative slope (reference: torch's default 0.01)
@@ -304,6 +306,9 @@ class DiscriminatorConfig(Strict):
     def _groups_divide(self) -> DiscriminatorConfig:
         if self.hidden % self.groups:
             raise ValueError(f"discriminator.groups={self.groups} must divide discriminator.hidden={self.hidden}")
+        if self.kernel % 2 == 0:
+            raise ValueError(f"discriminator.kernel={self.kernel} must be odd (1, 3, 5, ...): an even kernel "
+                             "shifts each token's logit off its token")
         return self
 
 

@@ -108,8 +108,9 @@ def test_trajectory_mode_refuses_other_guidance(config):
 
 
 def test_detail_phases_train_a_phased_detail_expert_with_the_gan(config):
-    """κ = 4 on a 10-node grid, 2 detail phases: edges END, 1, 4; the GAN re-noises from each phase's edge."""
-    cfg = config("distill.detail_phases=2")
+    """κ = 4 on a 10-node grid, 2 detail phases: edges END, 1, 4; the GAN re-noises from each phase's edge
+    (its heads here 3 tokens wide: discriminator.kernel)."""
+    cfg = config("distill.detail_phases=2", "distill.discriminator.kernel=3")
     run_distill_stage(cfg, "semantic")
     result = run_distill_stage(cfg, "detail")
     assert len(result["losses"]) == 4 and all(torch.isfinite(torch.tensor(result["losses"])))
@@ -193,8 +194,8 @@ def test_every_update_of_the_heads_reads_the_weights_the_last_one_stepped():
     def fresh_heads() -> Discriminator:
         torch.manual_seed(0)
         return Discriminator([16, 16], DiscriminatorConfig(
-            tap_every=1, hidden=8, groups=2, residual=True, real="data", leaky_slope=0.01, chance_accuracy=0.55,
-            lr=1e-2, betas=(0.0, 0.999), weight_decay=0.0, updates_per_step=3, warmup_steps=0))
+            tap_every=1, hidden=8, groups=2, residual=True, kernel=1, real="data", leaky_slope=0.01,
+            chance_accuracy=0.55, lr=1e-2, betas=(0.0, 0.999), weight_decay=0.0, updates_per_step=3, warmup_steps=0))
 
     def trained(outer) -> list[torch.Tensor]:
         heads = fresh_heads()

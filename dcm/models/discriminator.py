@@ -2,8 +2,11 @@
 
 One head per tapped block, as the reference code has it: a 1×1 conv D → hidden with GroupNorm and
 LeakyReLU, a second hidden → hidden block added back onto its input (residual), and a 1×1 conv to one
-logit per token, run on every latent frame's token grid. The grid (frames, rows, cols) is inferred from the latent shape and
-the patch size on every call — the reference code hard-coded it and crashed at other resolutions.
+logit per token, run on every latent frame's token grid. The grid (frames, rows, cols) is inferred from
+the latent shape and the patch size on every call — the reference code hard-coded it and crashed at other
+resolutions. `kernel` > 1 widens the first conv to a token's neighbours: a 1×1 head judges each patch
+alone, so a pattern repeated on every patch (the patch grid a learning GAN printed, RESULTS.md
+2026-12-07) is, token by token, just more detail to it.
 """
 
 from __future__ import annotations
@@ -24,16 +27,16 @@ def tokens_to_frames(features: torch.Tensor, grid: tuple[int, int, int]) -> torc
     return grid_view.permute(0, 1, 4, 2, 3).reshape(batch * frames, dim, rows, cols)
 
 
-def conv_block(width_in: int, width_out: int, cfg: DiscriminatorConfig) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(width_in, width_out, 1), nn.GroupNorm(cfg.groups, width_out),
-                         nn.LeakyReLU(cfg.leaky_slope))
+def conv_block(width_in: int, width_out: int, cfg: DiscriminatorConfig, kernel: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(width_in, width_out, kernel, padding=kernel // 2),
+                         nn.GroupNorm(cfg.groups, width_out), nn.LeakyReLU(cfg.leaky_slope))
 
 
 class Head(nn.Module):
     def __init__(self, width: int, cfg: DiscriminatorConfig):
         super().__init__()
         self.residual = cfg.residual
-        self.project = conv_block(width, cfg.hidden, cfg)
+        self.project = conv_block(width, cfg.hidden, cfg, cfg.kernel)
         self.inner = conv_block(cfg.hidden, cfg.hidden, cfg)
         self.out = nn.Conv2d(cfg.hidden, 1, 1)
 
