@@ -303,7 +303,7 @@ class DiscriminatorConfig(Strict):
     # the heads train (feature matching does): the critic leads before it steers (0: the reference, from step 1)
 
     @model_validator(mode="after")
-    def _groups_divide(self) -> DiscriminatorConfig:
+    def _heads_can_be_built(self) -> DiscriminatorConfig:
         if self.hidden % self.groups:
             raise ValueError(f"discriminator.groups={self.groups} must divide discriminator.hidden={self.hidden}")
         if self.kernel % 2 == 0:
