@@ -94,12 +94,13 @@ def plan_mistakes(plan: dict) -> list[str]:
 def chosen_runs(plan: dict, chosen: list[str]) -> dict[str, dict]:
     """The plan's runs a call's --runs names, in the plan's order: `lcm` is every seed of lcm, `lcm-s0` seed 0
     alone (a control that one seed answers, without the device time of the others)."""
+    planned = {run: spec.get("seeds", plan["seeds"]) for run, spec in plan["runs"].items()}
     seeds: dict[str, list[int]] = {}
     for name in chosen:
         run, _, seed = name.rpartition("-s")
-        if name in plan["runs"]:
-            seeds[name] = plan["runs"][name].get("seeds", plan["seeds"])
-        elif run in plan["runs"] and seed.isdigit() and int(seed) in plan["runs"][run].get("seeds", plan["seeds"]):
+        if name in planned:
+            seeds[name] = planned[name]
+        elif run in planned and seed.isdigit() and int(seed) in planned[run]:
             seeds.setdefault(run, []).append(int(seed))
         else:
             raise ValueError(f"{name} is neither a run of the plan nor one of its runs' seeds (run-sN)")

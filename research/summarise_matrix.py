@@ -28,8 +28,8 @@ COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), (
 # sub-scores only some profiles have (the textured one's): a column where any row of the table carries them;
 # then the texture score of each surface (judge_texture_<surface>), in the order the rows list them
 OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),)
-LATE_COLUMNS = (("patch_grid", "patch grid", 2),)  # after the fixed ones, where a row has it (since 2026-12-07)
 SURFACE_PREFIX = "judge_texture_"
+LATE_COLUMNS = (("patch_grid", "patch grid", 2),)  # after the fixed ones, where a row has it (since 2026-12-07)
 
 
 def load_jobs(paths: list[Path]) -> dict[str, dict]:
