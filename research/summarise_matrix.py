@@ -30,6 +30,7 @@ COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), (
 OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),)
 SURFACE_PREFIX = "judge_texture_"
 LATE_COLUMNS = (("patch_grid", "patch grid", 2),)  # after the fixed ones, where a row has it (since 2026-12-07)
+CONTRAST_PREFIX = "judge_contrast_"  # last, each surface's shading strength (a diagnostic; since 2026-12-07)
 
 
 def load_jobs(paths: list[Path]) -> dict[str, dict]:
@@ -71,10 +72,13 @@ def table(rows: dict, runs: list[str], steps: list[int] | None) -> str:
     keys = [k for k in rows if k[0] == "teacher"] + [(run, s) for run in runs for s in sorted({k[1] for k in rows})
                                                       if (run, s) in rows and (steps is None or s in steps)]
     shown = [r for k in keys for r in rows[k]]
-    surfaces = dict.fromkeys(key for r in shown for key in r if key.startswith(SURFACE_PREFIX))
+    def surface_columns(prefix: str, title: str) -> tuple:
+        keys = dict.fromkeys(key for r in shown for key in r if key.startswith(prefix))
+        return tuple((key, f"{title}: {key.removeprefix(prefix)}", 3) for key in keys)
     columns = (COLUMNS[:2] + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in shown))
-               + tuple((key, f"texture: {key.removeprefix(SURFACE_PREFIX)}", 3) for key in surfaces) + COLUMNS[2:]
-               + tuple(c for c in LATE_COLUMNS if any(c[0] in r for r in shown)))
+               + surface_columns(SURFACE_PREFIX, "texture") + COLUMNS[2:]
+               + tuple(c for c in LATE_COLUMNS if any(c[0] in r for r in shown))
+               + surface_columns(CONTRAST_PREFIX, "contrast"))
     lines = ["| run | steps | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---" * (3 + len(columns)) + "|"]
     for run, s in keys:

@@ -208,8 +208,8 @@ def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_pat
                 "dcm-s0": {"run": "dcm", "metrics": {"dcm_4": row}}}
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"seeds": [0], "runs": {}, "tables": {"comparison": ["dcm"]}}))
-    for name, record in (("plain", matrix()), ("textured", matrix(judge_texture=0.25, judge_texture_checked=0.125,
-                                                                           patch_grid=1.5))):
+    textured_row = dict(judge_texture=0.25, judge_texture_checked=0.125, patch_grid=1.5, judge_contrast_checked=0.1)
+    for name, record in (("plain", matrix()), ("textured", matrix(**textured_row))):
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
     plain = script("summarise_matrix.py", str(tmp_path / "plain.json"), "--plan", str(plan))
     textured = script("summarise_matrix.py", str(tmp_path / "textured.json"), "--plan", str(plan))
@@ -217,6 +217,6 @@ def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_pat
     # a surface's own column only where rows carry it (records from before the breakdown have none)
     assert "| run | steps | seeds | judge overall | shape | texture | texture: checked | motion |" in textured
     assert "| dcm | 4 | 1 | 0.900 | 0.800 | 0.250 | 0.125 | – |" in textured
-    assert "| temporal flicker | patch grid |" in textured
-    assert "| 0.125 | – | – | – | – | – | 1.50 |" in textured
+    assert "| temporal flicker | patch grid | contrast: checked |" in textured
+    assert "| 0.125 | – | – | – | – | – | 1.50 | 0.100 |" in textured
     assert "patch grid" not in plain

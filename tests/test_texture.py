@@ -114,8 +114,29 @@ def test_judge_many_breaks_the_texture_score_down_by_surface(truth):
     for surface in ("plain", "striped", "speckled"):
         assert means[f"texture_{surface}"] >= 0.9, surface
     plain_profile = load_config(REPO / "params.yaml").data
-    assert not any(key.startswith("texture") for key in judge_many(list(clips[:2]), list(prompts[:2]),
-                                                                   plain_profile, CFG.judge))
+    assert not any(key.startswith(("texture", "contrast")) for key in judge_many(list(clips[:2]), list(prompts[:2]),
+                                                                                 plain_profile, CFG.judge))
+
+
+def test_contrast_by_surface_tells_a_fading_pattern_from_a_wrong_one(truth):
+    # a speckle faded to half its depth: that surface's contrast halves, the others' stay; not part of overall
+    def faded(clip, prompt):  # every shaded object pixel moved halfway back to the lit colour
+        if prompt["texture"] != "speckled":
+            return clip
+        colour = np.asarray(CFG.data.shapes.colours[prompt["colour"]], float) / 255
+        background = np.asarray(CFG.data.shapes.backgrounds[prompt["background"]], float) / 255
+        pixels = clip / 255.0
+        shade = shading(pixels, colour)[..., None]
+        on_object = (np.abs(pixels - background).sum(-1, keepdims=True) > 0.1) & (shade > 0)
+        return (255 * np.where(on_object, pixels + shade / 2 * colour, pixels)).round().astype(np.uint8)
+    clips, prompts = zip(*truth)
+    before = judge_many(list(clips), list(prompts), CFG.data, CFG.judge)
+    after = judge_many([faded(c, p) for c, p in truth], list(prompts), CFG.data, CFG.judge)
+    assert before["contrast_speckled"] > 0.05 and before["contrast_plain"] < 0.5 * before["contrast_speckled"]
+    assert after["contrast_speckled"] == pytest.approx(before["contrast_speckled"] / 2, rel=0.25)
+    for surface in ("plain", "striped", "checked"):
+        assert after[f"contrast_{surface}"] == pytest.approx(before[f"contrast_{surface}"]), surface
+    assert "contrast" not in before
 
 
 def test_texture_settings_that_cannot_work_are_refused():

@@ -184,6 +184,8 @@ class JudgeScores:
     coherence: float
     overall: float
     texture: float | None = None  # the textured profile only
+    contrast: float | None = None  # how strongly the object's surface is shaded (texture_features' strength):
+    # a diagnostic, not part of `overall`; a student whose patterns fade reads lower than its teacher here
 
     def as_dict(self) -> dict[str, float]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -235,17 +237,20 @@ def judge_clip(clip: np.ndarray, prompt: dict, data: DataConfig, cfg: JudgeConfi
             data.shapes.texture_period)
         chances = texture_probabilities(strength, correlations, cfg.texture_strength, cfg.texture_temperature)
         parts["texture"] = len(found) / n * chances[prompt.get("texture", "plain")]
+        return JudgeScores(**parts, overall=float(np.prod(list(parts.values()))), contrast=strength)
     return JudgeScores(**parts, overall=float(np.prod(list(parts.values()))))
 
 
 def judge_many(clips, prompts: list[dict], data: DataConfig, cfg: JudgeConfig) -> dict[str, float]:
     """Mean of every sub-score and the overall score over clips judged against their prompts; on the textured
-    profile also `texture_<surface>`, the texture score of each surface's clips: a student that loses only the
-    fine ones (checks, speckle) shows it there, where the mean over all four hides which."""
+    profile also, for each surface's clips, `texture_<surface>` (its texture score: a student that loses only the
+    fine ones shows it there, where the mean over all four hides which) and `contrast_<surface>` (how strongly
+    the surface is shaded: below the teacher's, the pattern fades; the same, it is drawn but wrong)."""
     scores = [judge_clip(clip, prompt, data, cfg).as_dict() for clip, prompt in zip(clips, prompts)]
-    means = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+    means = {key: float(np.mean([s[key] for s in scores])) for key in scores[0] if key != "contrast"}
     for surface in data.shapes.textures:
-        mine = [s["texture"] for s, p in zip(scores, prompts) if p.get("texture", "plain") == surface]
+        mine = [s for s, p in zip(scores, prompts) if p.get("texture", "plain") == surface]
         if mine:
-            means[f"texture_{surface}"] = float(np.mean(mine))
+            means[f"texture_{surface}"] = float(np.mean([s["texture"] for s in mine]))
+            means[f"contrast_{surface}"] = float(np.mean([s["contrast"] for s in mine]))
     return means
