@@ -15,7 +15,8 @@ each job's log), samples.safetensors (every run's seed-0 clips of the first eval
 and final_* (report.md, metrics.json, samples.png). `--earlier <matrix.json>` continues a plan that
 another machine began: the jobs it finished are kept as they are (their students stay on that machine, so
 the final evaluation leaves them out). Exit code 3: work is left (a job stopped, or the final evaluation
-did not fit); the same command continues it.
+did not fit); the same command continues it. `--check` (with the call's --runs, --earlier and -S, on any
+machine) resolves every job's settings and lists the jobs, then stops: a wrong run name or key costs no device time.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def chosen_runs(plan: dict, chosen: list[str]) -> dict[str, dict]:
 
 def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
     """Jobs in the plan's priority order; semantic experts deduplicated by the settings stage 1 reads."""
-    from dcm.config import config_to_dict, load_config
+    from dcm.config import ConfigError, config_to_dict, load_config
     from dcm.io import sha256_json
     from dcm.stages.distill import method_settings, training_seed
     jobs, semantic_jobs = [Job(TEACHER_JOB, "teacher", [*base, *plan.get("common", [])])], {}
@@ -120,7 +121,10 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
             if method != "dcm":
                 jobs.append(Job(f"{run}-s{seed}", method, overrides, run=run, seed=seed))
                 continue
-            cfg = load_config(REPO / "params.yaml", overrides)
+            try:
+                cfg = load_config(REPO / "params.yaml", overrides)
+            except ConfigError as error:
+                raise ConfigError(f"{run}-s{seed}: {error}") from None
             key = sha256_json({"settings": method_settings(cfg, "semantic"), "seed": training_seed(cfg),
                                "train": config_to_dict(cfg.distill.semantic), "schedule": config_to_dict(cfg.schedule)})
             if key not in semantic_jobs:
@@ -128,6 +132,21 @@ def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
                 jobs.append(semantic_jobs[key])
             jobs.append(Job(f"{run}-s{seed}", "detail", overrides, needs=semantic_jobs[key].name, run=run, seed=seed))
     return jobs
+
+
+def check_jobs(jobs: list[Job]) -> str:
+    """Every job's configuration resolved (a wrong key or value of any run, not only DCM's, fails here with its
+    job's name) and one line per job: its name, state and, for a detail job, the semantic expert it starts from."""
+    from dcm.config import ConfigError, load_config
+    lines = []
+    for job in jobs:
+        try:
+            load_config(REPO / "params.yaml", job.overrides)
+        except ConfigError as error:
+            raise ConfigError(f"{job.name}: {error}") from None
+        lines.append(f"{job.name}: {job.state}" + (f" (from {job.needs})" if job.needs else ""))
+    waiting = sum(job.state == "waiting" for job in jobs)
+    return "\n".join([*lines, f"{waiting} of {len(jobs)} jobs to run"])
 
 
 # How a job runs, not what it trains: a job another machine finished with other values of these counts as the
@@ -480,6 +499,9 @@ def main() -> None:
                         help="the last call of a machine (its work dir will not survive): where the jobs sharing a "
                              "GPU cannot all finish, pause some so that the others do (research/finish_first.py)")
     parser.add_argument("--earlier", help="a matrix.json from another machine: its finished jobs are kept, not re-run")
+    parser.add_argument("--check", action="store_true",
+                        help="resolve every job's settings and list the jobs (what --earlier carries, which semantic "
+                             "expert each detail job starts from), then stop: here, before a device call is spent")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job in this process
     parser.add_argument("--budget-end", type=float, help=argparse.SUPPRESS)
     parser.add_argument("-S", dest="overrides", action="append", default=[])
@@ -497,13 +519,20 @@ def main() -> None:
             plan["runs"] = chosen_runs(plan, args.runs.split(","))
         except ValueError as error:
             parser.error(f"{args.plan}: {error}")
+    from dcm.config import ConfigError
+    try:
+        jobs = plan_jobs(plan, args.overrides, work)
+        if args.earlier:  # before the set-up: a mismatch must not cost the device a minute of shards and latents
+            carry_over(jobs, json.loads(Path(args.earlier).read_text()))
+        if args.check:
+            print(check_jobs(jobs))
+            return
+    except ConfigError as error:
+        parser.error(f"{args.plan}: {error}")
     out = Path(args.out or work / "out")
     out.mkdir(parents=True, exist_ok=True)
     import torch
     gpus = max(1, torch.cuda.device_count())
-    jobs = plan_jobs(plan, args.overrides, work)
-    if args.earlier:  # before the set-up: a mismatch must not cost the device a minute of shards and latents
-        carry_over(jobs, json.loads(Path(args.earlier).read_text()))
     prepare([*args.overrides, *plan.get("common", [])], work, args.teacher_parts, args.workers)
     print(f"{sum(j.state == 'waiting' for j in jobs)} jobs to run on {gpus} GPU(s) × {args.per_gpu} "
           f"({sum(j.state == 'earlier' for j in jobs)} finished on an earlier machine)", flush=True)

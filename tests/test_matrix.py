@@ -220,3 +220,20 @@ def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_pat
     assert "| temporal flicker | patch grid | contrast: checked |" in textured
     assert "| 0.125 | – | – | – | – | – | 1.50 | 0.100 |" in textured
     assert "patch grid" not in plain
+
+
+def test_check_lists_the_jobs_and_names_the_one_whose_settings_are_wrong(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(PLAN))
+    finished = {"state": "done", "overrides": [*PLAN["common"], "distill.seed=0"], "metrics": {"lcm_4": {}}}
+    (tmp_path / "earlier.json").write_text(json.dumps({"lcm-s0": finished}))
+    listing = script("run_matrix.py", "--plan", str(plan), "--work", str(tmp_path / "work"), "--check",
+                     "--earlier", str(tmp_path / "earlier.json"))
+    assert "lora_tc-s0: waiting (from semantic-dcm-s0)" in listing and "lcm-s0: earlier" in listing
+    assert "4 of 5 jobs to run" in listing and not (tmp_path / "work").exists()
+    # LCM's settings are resolved nowhere else before its job starts on the device
+    wrong_lcm = {"method": "lcm", "overrides": ["distill.baseline.lr=x"]}
+    plan.write_text(yaml.safe_dump({**PLAN, "runs": {**PLAN["runs"], "lcm": wrong_lcm}}))
+    done = subprocess.run([sys.executable, str(REPO / "research" / "run_matrix.py"), "--plan", str(plan), "--check",
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "lcm-s0: " in done.stderr and "distill.baseline.lr" in done.stderr
