@@ -68,17 +68,20 @@ def cell(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def surface_columns(shown: list[dict], prefix: str, title: str) -> tuple:
+    """One column per surface that some shown row carries a `prefix<surface>` metric of, in the rows' order."""
+    surfaces = dict.fromkeys(key for row in shown for key in row if key.startswith(prefix))
+    return tuple((key, f"{title}: {key.removeprefix(prefix)}", 3) for key in surfaces)
+
+
 def table(rows: dict, runs: list[str], steps: list[int] | None) -> str:
     keys = [k for k in rows if k[0] == "teacher"] + [(run, s) for run in runs for s in sorted({k[1] for k in rows})
                                                       if (run, s) in rows and (steps is None or s in steps)]
     shown = [r for k in keys for r in rows[k]]
-    def surface_columns(prefix: str, title: str) -> tuple:
-        keys = dict.fromkeys(key for r in shown for key in r if key.startswith(prefix))
-        return tuple((key, f"{title}: {key.removeprefix(prefix)}", 3) for key in keys)
     columns = (COLUMNS[:2] + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in shown))
-               + surface_columns(SURFACE_PREFIX, "texture") + COLUMNS[2:]
+               + surface_columns(shown, SURFACE_PREFIX, "texture") + COLUMNS[2:]
                + tuple(c for c in LATE_COLUMNS if any(c[0] in r for r in shown))
-               + surface_columns(CONTRAST_PREFIX, "contrast"))
+               + surface_columns(shown, CONTRAST_PREFIX, "contrast"))
     lines = ["| run | steps | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
              "|---" * (3 + len(columns)) + "|"]
     for run, s in keys:

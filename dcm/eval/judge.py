@@ -231,14 +231,14 @@ def judge_clip(clip: np.ndarray, prompt: dict, data: DataConfig, cfg: JudgeConfi
         coherence = 0.0
     parts = dict(colour=float(colour), shape=float(shape), motion=motion, background=background,
                  object=float(object_score), coherence=coherence)
+    contrast = None
     if textured:  # the share of frames with an object, times the surface's probability over those frames
-        strength, correlations = texture_features(
+        contrast, correlations = texture_features(
             [(frame, o.mask, o.colour) for frame, o in zip(pixels, objects) if o is not None],
             data.shapes.texture_period)
-        chances = texture_probabilities(strength, correlations, cfg.texture_strength, cfg.texture_temperature)
+        chances = texture_probabilities(contrast, correlations, cfg.texture_strength, cfg.texture_temperature)
         parts["texture"] = len(found) / n * chances[prompt.get("texture", "plain")]
-        return JudgeScores(**parts, overall=float(np.prod(list(parts.values()))), contrast=strength)
-    return JudgeScores(**parts, overall=float(np.prod(list(parts.values()))))
+    return JudgeScores(**parts, overall=float(np.prod(list(parts.values()))), contrast=contrast)
 
 
 def judge_many(clips, prompts: list[dict], data: DataConfig, cfg: JudgeConfig) -> dict[str, float]:
