@@ -22,7 +22,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_PLACEMENT = "_reference"  # dcm/stages/evaluate.py's suffix (not imported: it would load torch for a table)
-COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), ("judge_motion", "motion", 3),
+COLUMNS = (("judge_overall", "judge overall", 3), ("judge_shape", "shape", 3), ("judge_colour", "colour", 3),
+           ("judge_coherence", "coherence", 3), ("judge_motion", "motion", 3),
            ("psnr_vs_teacher", "PSNR vs teacher", 2), ("ssim_vs_teacher", "SSIM vs teacher", 3),
            ("oversaturated_fraction", "over-saturated", 3), ("temporal_flicker", "temporal flicker", 4))
 # sub-scores only some profiles have (the textured one's): a column where any row of the table carries them;

@@ -213,12 +213,13 @@ def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_pat
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
     plain = script("summarise_matrix.py", str(tmp_path / "plain.json"), "--plan", str(plan))
     textured = script("summarise_matrix.py", str(tmp_path / "textured.json"), "--plan", str(plan))
-    assert "| run | steps | seeds | judge overall | shape | motion |" in plain and "texture" not in plain
+    assert "| run | steps | seeds | judge overall | shape | colour | coherence | motion |" in plain
+    assert "texture" not in plain
     # a surface's own column only where rows carry it (records from before the breakdown have none)
-    assert "| run | steps | seeds | judge overall | shape | texture | texture: checked | motion |" in textured
+    assert "| run | steps | seeds | judge overall | shape | texture | texture: checked | colour |" in textured
     assert "| dcm | 4 | 1 | 0.900 | 0.800 | 0.250 | 0.125 | – |" in textured
     assert "| temporal flicker | patch grid | contrast: checked |" in textured
-    assert "| 0.125 | – | – | – | – | – | 1.50 | 0.100 |" in textured
+    assert "| 0.125 | – | – | – | – | – | – | – | 1.50 | 0.100 |" in textured
     assert "patch grid" not in plain
 
 
