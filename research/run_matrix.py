@@ -109,42 +109,42 @@ def chosen_runs(plan: dict, chosen: list[str]) -> dict[str, dict]:
 
 
 def plan_jobs(plan: dict, base: list[str], work: Path) -> list[Job]:
-    """Jobs in the plan's priority order; semantic experts deduplicated by the settings stage 1 reads."""
+    """Jobs in the plan's priority order; semantic experts deduplicated by the settings stage 1 reads. Every
+    job's settings are resolved here, so a wrong key or value of any run (LCM's and PCM's too) stops the plan
+    with its job's name before the machine spends a minute on shards and latents."""
     from dcm.config import ConfigError, config_to_dict, load_config
     from dcm.io import sha256_json
     from dcm.stages.distill import method_settings, training_seed
-    jobs, semantic_jobs = [Job(TEACHER_JOB, "teacher", [*base, *plan.get("common", [])])], {}
+
+    def resolved(name: str, overrides: list[str]):
+        try:
+            return load_config(REPO / "params.yaml", overrides)
+        except ConfigError as error:
+            raise ConfigError(f"{name}: {error}") from None
+
+    teacher = Job(TEACHER_JOB, "teacher", [*base, *plan.get("common", [])])
+    resolved(teacher.name, teacher.overrides)
+    jobs, semantic_jobs = [teacher], {}
     for run, spec in plan["runs"].items():
         for seed in spec.get("seeds", plan["seeds"]):
             overrides = [*base, *plan.get("common", []), f"distill.seed={seed}", *spec.get("overrides", [])]
-            method = spec["method"]
+            method, name = spec["method"], f"{run}-s{seed}"
+            cfg = resolved(name, overrides)
             if method != "dcm":
-                jobs.append(Job(f"{run}-s{seed}", method, overrides, run=run, seed=seed))
+                jobs.append(Job(name, method, overrides, run=run, seed=seed))
                 continue
-            try:
-                cfg = load_config(REPO / "params.yaml", overrides)
-            except ConfigError as error:
-                raise ConfigError(f"{run}-s{seed}: {error}") from None
             key = sha256_json({"settings": method_settings(cfg, "semantic"), "seed": training_seed(cfg),
                                "train": config_to_dict(cfg.distill.semantic), "schedule": config_to_dict(cfg.schedule)})
             if key not in semantic_jobs:
-                semantic_jobs[key] = Job(f"semantic-{run}-s{seed}", "semantic", overrides, seed=seed)
+                semantic_jobs[key] = Job(f"semantic-{name}", "semantic", overrides, seed=seed)
                 jobs.append(semantic_jobs[key])
-            jobs.append(Job(f"{run}-s{seed}", "detail", overrides, needs=semantic_jobs[key].name, run=run, seed=seed))
+            jobs.append(Job(name, "detail", overrides, needs=semantic_jobs[key].name, run=run, seed=seed))
     return jobs
 
 
-def check_jobs(jobs: list[Job]) -> str:
-    """Every job's configuration resolved (a wrong key or value of any run, not only DCM's, fails here with its
-    job's name) and one line per job: its name, state and, for a detail job, the semantic expert it starts from."""
-    from dcm.config import ConfigError, load_config
-    lines = []
-    for job in jobs:
-        try:
-            load_config(REPO / "params.yaml", job.overrides)
-        except ConfigError as error:
-            raise ConfigError(f"{job.name}: {error}") from None
-        lines.append(f"{job.name}: {job.state}" + (f" (from {job.needs})" if job.needs else ""))
+def job_listing(jobs: list[Job]) -> str:
+    """One line per job: its name, state and, for a detail job, the semantic expert it starts from."""
+    lines = [f"{job.name}: {job.state}" + (f" (from {job.needs})" if job.needs else "") for job in jobs]
     waiting = sum(job.state == "waiting" for job in jobs)
     return "\n".join([*lines, f"{waiting} of {len(jobs)} jobs to run"])
 
@@ -525,7 +525,7 @@ def main() -> None:
         if args.earlier:  # before the set-up: a mismatch must not cost the device a minute of shards and latents
             carry_over(jobs, json.loads(Path(args.earlier).read_text()))
         if args.check:
-            print(check_jobs(jobs))
+            print(job_listing(jobs))
             return
     except ConfigError as error:
         parser.error(f"{args.plan}: {error}")

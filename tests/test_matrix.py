@@ -232,9 +232,11 @@ def test_check_lists_the_jobs_and_names_the_one_whose_settings_are_wrong(tmp_pat
                      "--earlier", str(tmp_path / "earlier.json"))
     assert "lora_tc-s0: waiting (from semantic-dcm-s0)" in listing and "lcm-s0: earlier" in listing
     assert "4 of 5 jobs to run" in listing and not (tmp_path / "work").exists()
-    # LCM's settings are resolved nowhere else before its job starts on the device
+    # a wrong LCM setting is named before anything is set up, with --check and without it (not when its job starts)
     wrong_lcm = {"method": "lcm", "overrides": ["distill.baseline.lr=x"]}
     plan.write_text(yaml.safe_dump({**PLAN, "runs": {**PLAN["runs"], "lcm": wrong_lcm}}))
-    done = subprocess.run([sys.executable, str(REPO / "research" / "run_matrix.py"), "--plan", str(plan), "--check",
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert done.returncode == 2 and "lcm-s0: " in done.stderr and "distill.baseline.lr" in done.stderr
+    for check in (["--check"], []):
+        done = subprocess.run([sys.executable, str(REPO / "research" / "run_matrix.py"), "--plan", str(plan), *check,
+                               "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert done.returncode == 2 and "lcm-s0: " in done.stderr and "distill.baseline.lr" in done.stderr
+        assert not (tmp_path / "work").exists()
