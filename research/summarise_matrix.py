@@ -32,6 +32,7 @@ OPTIONAL_COLUMNS = (("judge_texture", "texture", 3),)
 SURFACE_PREFIX = "judge_texture_"
 LATE_COLUMNS = (("patch_grid", "patch grid", 2),)  # after the fixed ones, where a row has it (since 2026-12-07)
 CONTRAST_PREFIX = "judge_contrast_"  # last, each surface's shading strength (a diagnostic; since 2026-12-07)
+SEED = "seed"  # collect's own key in each row: which seed made it (the claim lists them one by one)
 
 
 def load_jobs(paths: list[Path]) -> dict[str, dict]:
@@ -56,7 +57,7 @@ def collect(paths: list[Path]) -> dict[tuple[str, int], list[dict]]:
                 teacher[int(steps)] = row
             else:  # a PCM job's rows at the reference's step placement are a run of their own
                 run = job["run"] + (REFERENCE_PLACEMENT if model.endswith(REFERENCE_PLACEMENT) else "")
-                rows.setdefault((run, int(steps)), []).append(row)
+                rows.setdefault((run, int(steps)), []).append({**row, SEED: int(job.get("seed") or 0)})
     for steps, row in teacher.items():
         rows[("teacher", steps)] = [row]
     return rows
@@ -102,17 +103,21 @@ def claim(rows: dict, run: str = "dcm", steps: int = 4) -> str:
     def stats(other):
         values = [r["judge_overall"] for r in rows[(other, steps)]]
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    def by_seed(other):
+        return " / ".join(f"{r['judge_overall']:.3f} (s{r[SEED]})" for r in sorted(rows[(other, steps)],
+                                                                                 key=lambda r: r[SEED]))
     mean, sd = stats(run)
     relative = f"{100 * (mean / teacher - 1):+.1f} %" if teacher else "(teacher scores 0)"
     lines = [f"{name} {mean:.3f} vs teacher {teacher:.3f}: {relative} "
-             f"({'within' if mean >= 0.95 * teacher else 'outside'} 5 %)"]
+             f"({'within' if mean >= 0.95 * teacher else 'outside'} 5 %)", f"{name} per seed: {by_seed(run)}"]
     for other in ("lcm", "pcm", "pcm" + REFERENCE_PLACEMENT):
         if (other, steps) in rows:
             other_mean, other_sd = stats(other)
             margin = mean - other_mean
             verdict = "ahead by more than the spread" if margin > sd + other_sd else (
                 "behind by more than the spread" if -margin > sd + other_sd else "within the spread")
-            lines.append(f"{name} − {other}-{steps} = {margin:+.3f} (spreads {sd:.3f}, {other_sd:.3f}): {verdict}")
+            lines.append(f"{name} − {other}-{steps} = {margin:+.3f} (spreads {sd:.3f}, {other_sd:.3f}): {verdict}; "
+                         f"{other}-{steps} per seed: {by_seed(other)}")
     return "\n".join(lines)
 
 

@@ -153,9 +153,9 @@ def test_pcm_rows_at_the_reference_placement_are_a_run_of_their_own(tmp_path):
     def row(judge: float) -> dict:
         return {"judge_overall": judge, "psnr_vs_teacher": 20.0}
     matrix = {"teacher-eval": {"run": None, "metrics": {"teacher_50": row(0.95)}}}
-    for seed in range(3):
-        matrix[f"dcm-s{seed}"] = {"run": "dcm", "metrics": {"dcm_4": row(0.93 + seed / 1000)}}
-        matrix[f"pcm-s{seed}"] = {"run": "pcm", "metrics": {"pcm_4": row(0.94 + seed / 1000),
+    for seed in (2, 0, 1):
+        matrix[f"dcm-s{seed}"] = {"run": "dcm", "seed": seed, "metrics": {"dcm_4": row(0.93 + seed / 1000)}}
+        matrix[f"pcm-s{seed}"] = {"run": "pcm", "seed": seed, "metrics": {"pcm_4": row(0.94 + seed / 1000),
                                                             "pcm_reference_4": row(0.90 + seed / 1000)}}
     (tmp_path / "matrix.json").write_text(json.dumps(matrix))
     plan = tmp_path / "plan.yaml"
@@ -166,6 +166,9 @@ def test_pcm_rows_at_the_reference_placement_are_a_run_of_their_own(tmp_path):
     assert "| pcm | 4 | 3 | 0.941 ± 0.001 |" in summary and "| pcm_reference | 4 | 3 | 0.901 ± 0.001 |" in summary
     assert "dcm-4 − pcm-4 = -0.010" in summary and "behind by more than the spread" in summary
     assert "dcm-4 − pcm_reference-4 = +0.030 (spreads 0.001, 0.001): ahead by more than the spread" in summary
+    # each seed's score beside the mean, in seed order whatever the record's order
+    assert "dcm-4 per seed: 0.930 (s0) / 0.931 (s1) / 0.932 (s2)" in summary
+    assert "pcm_reference-4 per seed: 0.900 (s0) / 0.901 (s1) / 0.902 (s2)" in summary
 
 
 def test_a_job_finished_elsewhere_is_carried_only_with_the_plans_settings(tmp_path, monkeypatch):
