@@ -57,7 +57,7 @@ def collect(paths: list[Path]) -> dict[tuple[str, int], list[dict]]:
                 teacher[int(steps)] = row
             else:  # a PCM job's rows at the reference's step placement are a run of their own
                 run = job["run"] + (REFERENCE_PLACEMENT if model.endswith(REFERENCE_PLACEMENT) else "")
-                rows.setdefault((run, int(steps)), []).append({**row, SEED: int(job.get("seed") or 0)})
+                rows.setdefault((run, int(steps)), []).append({**row, SEED: int(job["seed"])})
     for steps, row in teacher.items():
         rows[("teacher", steps)] = [row]
     return rows

@@ -208,7 +208,7 @@ def test_a_texture_column_appears_only_for_a_profile_that_judges_texture(tmp_pat
     def matrix(**extra: float) -> dict:
         row = {"judge_overall": 0.9, "judge_shape": 0.8, **extra}
         return {"teacher-eval": {"run": None, "metrics": {"teacher_50": row}},
-                "dcm-s0": {"run": "dcm", "metrics": {"dcm_4": row}}}
+                "dcm-s0": {"run": "dcm", "seed": 0, "metrics": {"dcm_4": row}}}
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({"seeds": [0], "runs": {}, "tables": {"comparison": ["dcm"]}}))
     textured_row = dict(judge_texture=0.25, judge_texture_checked=0.125, patch_grid=1.5, judge_contrast_checked=0.1)
