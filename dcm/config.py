@@ -292,6 +292,9 @@ class DiscriminatorConfig(Strict):
     # neighbours, so a pattern repeated on every patch, the patch grid showing through, is in what it judges)
     real: Literal["target", "data"]  # what the heads see as real: the consistency target (the reference) or
     # the training clip itself at the same segment edge
+    noise_window: Literal["detail", "phase"]  # where the re-noise sigma of what the heads judge is drawn, above each
+    # sample's edge: up to κ, the detail segment's top | up to the top of the phase that jumps to that edge (PCM's
+    # reference); the two are the same with one detail phase
     leaky_slope: float = Field(ge=0, lt=1)  # LeakyReLU's negative slope (reference: torch's default 0.01)
     chance_accuracy: float = Field(ge=0.5, le=1)  # real-vs-fake accuracy at or below this over the last
     # logging window: the stage reports its discriminator at chance (it taught the generator nothing)

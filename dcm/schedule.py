@@ -147,10 +147,18 @@ def method_edges(method: str, cfg: ScheduleConfig, distill: PhaseConfig) -> list
     return segment_edges(method, cfg, distill.kappa, distill.pcm_phases, distill.detail_phases)
 
 
-def nodes_above(edges: torch.Tensor, uniform: torch.Tensor, count: int) -> torch.Tensor:
-    """Per sample, a node drawn uniformly from edge + 1 … count − 1 (END: from node 0), given uniforms in [0, 1)."""
-    lowest = edges.long() + 1
-    return (lowest + (uniform * (count - lowest)).long()).clamp(max=count - 1)
+def nodes_above(edges: torch.Tensor, uniform: torch.Tensor, tops: torch.Tensor | int) -> torch.Tensor:
+    """Per sample, a node drawn uniformly from edge + 1 … top (END: from node 0), given uniforms in [0, 1)."""
+    lowest, tops = edges.long() + 1, torch.as_tensor(tops, dtype=torch.long)
+    return torch.minimum(lowest + (uniform * (tops - lowest + 1)).long(), tops)
+
+
+def phase_tops(edges: torch.Tensor, segment_edges: list[int]) -> torch.Tensor:
+    """Per sample, the top node of the phase that jumps to its edge: the next segment edge above it (the phase
+    whose lower edge is e holds nodes e + 1 … that next edge)."""
+    ordered = sorted(segment_edges)
+    next_above = dict(zip(ordered, ordered[1:]))
+    return torch.tensor([next_above[edge] for edge in edges.tolist()], dtype=torch.long)
 
 
 def target_node(node: int, edges: list[int]) -> int:

@@ -5,9 +5,9 @@ features the detail stage's heads would see — fake: the student's prediction, 
 target or the training clip (distill.discriminator.real), both re-noised the stage's way — for
 `--batches` training batches, then trains fresh heads (distill.discriminator's architecture, lr and betas)
 on most of them for `--epochs` epochs and reports hinge and accuracy on the held-out rest: per token (as the
-stage logs it; and apart on structured tokens, where the clean clip has an edge or texture, and flat ones) and
-per clip (the sign of a clip's mean logit). Heads that stay at chance here cannot learn
-in the stage either. Run inside a project that ran `make run` (it reads data/latents, data/teacher and
+stage logs it; and apart on structured tokens, where the clean clip has an edge or texture, and flat ones, and
+at each segment edge the samples sit at, for a phased detail expert) and per clip (the sign of a clip's mean
+logit). Heads that stay at chance here cannot learn in the stage either. Run inside a project that ran `make run` (it reads data/latents, data/teacher and
 data/students/semantic, and writes only under --work):
 
     python research/discriminator_probe.py [--batches 48] [--epochs 30] [-S distill.discriminator.real=data ...]
@@ -31,6 +31,7 @@ from dcm.data.latents import decode_precomputed, stack
 from dcm.data.stream import SampleStream
 from dcm.losses import clip_accuracy, discriminator_accuracy, hinge_terms
 from dcm.models.discriminator import Discriminator
+from dcm.schedule import END
 from dcm.stages.distill import build_student
 from dcm.stages.paths import EMPTY_PROMPT
 from dcm.stages.teacher import load_teacher
@@ -63,31 +64,46 @@ def structured_tokens(latents: torch.Tensor, grid: tuple[int, int, int], thresho
     return patches.std(dim=(1, 3, 5, 7)) > threshold
 
 
+def recording_edges(adversarial) -> list[torch.Tensor]:
+    """The segment edge of every sample the adversarial loss judges, appended per call: the stage does not keep
+    them, and a phased detail expert's heads are scored apart at each edge."""
+    judged, seen = adversarial.generator_loss, []
+
+    def generator_loss(pred, target, real, edges, *rest, **named):
+        seen.append(edges.clone())
+        return judged(pred, target, real, edges, *rest, **named)
+
+    adversarial.generator_loss = generator_loss
+    return seen
+
+
 def collect(cfg, objective, batches: int, flat_below: float) -> tuple[list, list[tuple]]:
-    """(heads' input widths, [(fake features, real features, token grid, structured-token mask)] per training
-    batch)."""
+    """(heads' input widths, [(fake features, real features, token grid, structured-token mask, sample edges)]
+    per training batch)."""
     stream = SampleStream(cfg.precompute.dir, "train", cfg.distill.detail.shuffle_buffer, cfg.seed,
                           decode=decode_precomputed).batches(cfg.distill.detail.batch_size)
     generator, pool = torch.Generator().manual_seed(cfg.seed), []
+    edges = recording_edges(objective.adversarial)
     for _ in range(batches):
         batch = next(stream)
         with torch.no_grad():
             objective.loss(batch, generator, slice(0, len(batch)))
         latents = stack(batch, "latents", "cpu")
         mask = structured_tokens(latents, objective.teacher.token_grid(tuple(latents.shape)), flat_below)
-        pool.extend((*pending, mask) for pending in objective.adversarial._pending)
+        pool.extend((*pending, mask, edges.pop(0)) for pending in objective.adversarial._pending)
         objective.adversarial._pending = []
     widths = [feature.shape[-1] for feature in pool[0][0]]
     return widths, pool
 
 
 def save_pool(path: Path, pool: list[tuple]) -> None:
-    """The collected features as safetensors: per batch its fake and real taps, token grid and token mask."""
+    """The collected features as safetensors: per batch its fake and real taps, token grid, token mask and the
+    samples' segment edges."""
     tensors = {}
-    for i, (fake, real, grid, mask) in enumerate(pool):
+    for i, (fake, real, grid, mask, edges) in enumerate(pool):
         tensors |= {f"{i}/fake/{k}": f.clone() for k, f in enumerate(fake)}
         tensors |= {f"{i}/real/{k}": r.clone() for k, r in enumerate(real)}
-        tensors |= {f"{i}/grid": torch.tensor(grid), f"{i}/mask": mask.contiguous()}
+        tensors |= {f"{i}/grid": torch.tensor(grid), f"{i}/mask": mask.contiguous(), f"{i}/edges": edges}
     save_file(tensors, path)
 
 
@@ -96,7 +112,8 @@ def load_pool(path: Path) -> tuple[list[int], list[tuple]]:
     tensors = load_file(path)
     batches, taps = len([k for k in tensors if k.endswith("/grid")]), len([k for k in tensors if k.startswith("0/fake/")])
     pool = [([tensors[f"{i}/fake/{k}"] for k in range(taps)], [tensors[f"{i}/real/{k}"] for k in range(taps)],
-             tuple(tensors[f"{i}/grid"].tolist()), tensors[f"{i}/mask"]) for i in range(batches)]
+             tuple(tensors[f"{i}/grid"].tolist()), tensors[f"{i}/mask"], tensors[f"{i}/edges"])
+            for i in range(batches)]
     return [feature.shape[-1] for feature in pool[0][0]], pool
 
 
@@ -107,11 +124,17 @@ def masked_accuracy(real_logits: list[torch.Tensor], fake_logits: list[torch.Ten
     return float(discriminator_accuracy([r[mask] for r in real_logits], [f[mask] for f in fake_logits]))
 
 
+def edge_name(edge: int) -> str:
+    return "end" if edge == END else f"edge{edge}"
+
+
 def evaluate(heads: Discriminator, pool: list[tuple]) -> dict[str, float]:
+    """Hinge and accuracies over `pool`, token accuracy also apart at each segment edge (`accuracy_end`,
+    `accuracy_edge11`, …: where a phased detail expert's samples sit)."""
     values: dict[str, list[float]] = {key: [] for key in ("hinge", "token_accuracy", "clip_accuracy",
                                                            "structured_accuracy", "flat_accuracy", "structured_share")}
     with torch.no_grad():
-        for fake, real, grid, mask in pool:
+        for fake, real, grid, mask, edges in pool:
             real_logits, fake_logits = judge_pair(heads, fake, real, grid)
             on_real, on_fake = hinge_terms(real_logits, fake_logits)
             batch = {"hinge": float(on_real + on_fake),
@@ -120,9 +143,11 @@ def evaluate(heads: Discriminator, pool: list[tuple]) -> dict[str, float]:
                      "structured_accuracy": masked_accuracy(real_logits, fake_logits, mask),
                      "flat_accuracy": masked_accuracy(real_logits, fake_logits, ~mask),
                      "structured_share": float(mask.float().mean())}
+            for edge in edges.unique().tolist():
+                batch[f"accuracy_{edge_name(edge)}"] = masked_accuracy(real_logits, fake_logits, edges == edge)
             for key, value in batch.items():
                 if value is not None:  # a batch without flat (or structured) tokens says nothing of them
-                    values[key].append(value)
+                    values.setdefault(key, []).append(value)
     return {key: sum(found) / len(found) if found else float("nan") for key, found in values.items()}
 
 
@@ -160,7 +185,7 @@ def main() -> None:
           f"{cfg.distill.detail.batch_size}", flush=True)
     print("epoch 0 held-out", {k: round(v, 4) for k, v in evaluate(heads, held_out).items()}, flush=True)
     for epoch in range(1, args.epochs + 1):
-        for fake, real, grid, _ in train:  # one step of the stage's own heads update per batch (fp32 on CPU)
+        for fake, real, grid, *_ in train:  # one step of the stage's own heads update per batch (fp32 on CPU)
             train_heads(heads, optimizer, [(fake, real, grid)], 1, nullcontext)
         if epoch % max(1, args.epochs // 10) == 0 or epoch == args.epochs:
             print(f"epoch {epoch} train", {k: round(v, 4) for k, v in evaluate(heads, train).items()},

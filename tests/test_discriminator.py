@@ -13,8 +13,9 @@ pytestmark = pytest.mark.fast
 def heads(kernel: int) -> Discriminator:
     torch.manual_seed(0)
     return Discriminator([6], DiscriminatorConfig(
-        tap_every=1, hidden=4, groups=2, residual=True, kernel=kernel, real="data", leaky_slope=0.01,
-        chance_accuracy=0.55, lr=1e-4, betas=(0.0, 0.999), weight_decay=0.0, updates_per_step=1, warmup_steps=0))
+        tap_every=1, hidden=4, groups=2, residual=True, kernel=kernel, real="data", noise_window="detail",
+        leaky_slope=0.01, chance_accuracy=0.55, lr=1e-4, betas=(0.0, 0.999), weight_decay=0.0,
+        updates_per_step=1, warmup_steps=0))
 
 
 @pytest.mark.parametrize("kernel", [1, 3])

@@ -22,6 +22,7 @@ from dcm.stages.precompute import run_precompute_stage
 from dcm.schedule import expert_threshold
 from dcm.stages.distill import finish_baselines, method_settings, run_distill_stage
 from dcm.stages.teacher import load_teacher
+from dcm.train.adversarial import AdversarialLoss
 from dcm.train.checkpoint import checkpoint_tensors, latest_checkpoint
 from tests.conftest import REPO
 
@@ -120,6 +121,39 @@ def test_detail_phases_train_a_phased_detail_expert_with_the_gan(config):
     assert semantic_info["edges"] == [-1, 4]  # the semantic stage's output does not depend on detail phases
 
 
+def judged_nodes(monkeypatch) -> list[tuple[int, int]]:
+    """(segment edge, node of the re-noise sigma) of every clip the detail stage's heads judge, recorded around
+    the real AdversarialLoss (its features still come from the teacher)."""
+    judged, generator_loss, features = [], AdversarialLoss.generator_loss, AdversarialLoss.features
+
+    def recording_loss(self, pred, target, real, edges, *rest):
+        self.recorded_edges = edges
+        return generator_loss(self, pred, target, real, edges, *rest)
+
+    def recording_features(self, x, sigma, cond):
+        nodes = [int(torch.isclose(self.detail_sigmas, s.cpu()).nonzero()) for s in sigma]
+        judged.extend(zip(self.recorded_edges.tolist(), nodes))
+        return features(self, x, sigma, cond)
+
+    monkeypatch.setattr(AdversarialLoss, "generator_loss", recording_loss)
+    monkeypatch.setattr(AdversarialLoss, "features", recording_features)
+    return judged
+
+
+def test_the_heads_judge_each_clip_within_its_phase_with_pcms_window(config, monkeypatch):
+    """κ = 4, 2 detail phases (edges END, 1, 4): with noise_window = phase a clip at the end is re-noised to
+    node 0 or 1 and one at edge 1 to nodes 2–4; with detail, a clip at the end may go anywhere up to κ."""
+    judged = judged_nodes(monkeypatch)
+    run_distill_stage(config("distill.detail_phases=2"), "semantic")
+    run_distill_stage(config("distill.detail_phases=2", "distill.discriminator.noise_window=phase"), "detail")
+    assert {edge for edge, _ in judged} == {-1, 1}
+    assert all((0 <= node <= 1) if edge == -1 else (2 <= node <= 4) for edge, node in judged)
+    judged.clear()
+    run_distill_stage(config("distill.detail_phases=2", "distill.discriminator.noise_window=detail"), "detail")
+    assert any(edge == -1 and node > 1 for edge, node in judged)
+    assert all(edge < node <= 4 for edge, node in judged)
+
+
 def test_discriminator_takes_its_updates_on_every_generator_step(config, capsys):
     """discriminator.updates_per_step = 3: the heads' optimiser stepped 3 times per detail step (its AdamW
     step counts in the checkpoint). Its health is logged as the mean over the logging window, the window the
@@ -194,8 +228,9 @@ def test_every_update_of_the_heads_reads_the_weights_the_last_one_stepped():
     def fresh_heads() -> Discriminator:
         torch.manual_seed(0)
         return Discriminator([16, 16], DiscriminatorConfig(
-            tap_every=1, hidden=8, groups=2, residual=True, kernel=1, real="data", leaky_slope=0.01,
-            chance_accuracy=0.55, lr=1e-2, betas=(0.0, 0.999), weight_decay=0.0, updates_per_step=3, warmup_steps=0))
+            tap_every=1, hidden=8, groups=2, residual=True, kernel=1, real="data", noise_window="detail",
+            leaky_slope=0.01, chance_accuracy=0.55, lr=1e-2, betas=(0.0, 0.999), weight_decay=0.0,
+            updates_per_step=3, warmup_steps=0))
 
     def trained(outer) -> list[torch.Tensor]:
         heads = fresh_heads()

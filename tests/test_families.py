@@ -165,8 +165,9 @@ def test_dual_expert_and_discriminator_on_every_family(tmp_path, name):
             teacher.velocity(latents, sigma, cond, guidance=3.0)
     grid = teacher.token_grid(tuple(latents.shape))
     heads = Discriminator([teacher.feature_width()] * len(taps), DiscriminatorConfig(
-        tap_every=1, hidden=8, groups=2, residual=True, kernel=1, real="target", leaky_slope=0.01, chance_accuracy=0.55,
-        lr=1e-5, betas=(0.0, 0.999), weight_decay=0.0, updates_per_step=1, warmup_steps=0))
+        tap_every=1, hidden=8, groups=2, residual=True, kernel=1, real="target", noise_window="detail",
+        leaky_slope=0.01, chance_accuracy=0.55, lr=1e-5, betas=(0.0, 0.999), weight_decay=0.0,
+        updates_per_step=1, warmup_steps=0))
     logits = heads(taps, grid)
     assert [tuple(x.shape) for x in logits] == [(2, *grid)] * len(taps)
     assert teacher.project_features(taps[0]).shape[:2] == taps[0].shape[:2]

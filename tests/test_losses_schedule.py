@@ -11,8 +11,8 @@ from dcm.losses import (clip_accuracy, discriminator_accuracy, feature_matching,
                         l2, pseudo_huber,
                         temporal_coherence)
 from dcm.schedule import (END, add_noise, euler_nodes, euler_step, expert_threshold, inference_sigmas, inner_edges,
-                          nodes_above, reference_pcm_sigmas, renoise, sampling_sigmas, segment_edges, shift_sigmas,
-                          steps_per_segment, target_node, training_nodes)
+                          nodes_above, phase_tops, reference_pcm_sigmas, renoise, sampling_sigmas, segment_edges,
+                          shift_sigmas, steps_per_segment, target_node, training_nodes)
 
 pytestmark = pytest.mark.fast
 
@@ -110,10 +110,22 @@ def test_renoise_by_hand():
 
 
 def test_nodes_above_the_edge_by_hand():
-    edges, count = torch.tensor([END, END, 23, 23, 23]), 36
+    edges, top = torch.tensor([END, END, 23, 23, 23]), 35
     uniform = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.9999])
     # END: 0 + ⌊u·36⌋; edge 23: 24 + ⌊u·12⌋
-    assert nodes_above(edges, uniform, count).tolist() == [0, 18, 24, 30, 35]
+    assert nodes_above(edges, uniform, top).tolist() == [0, 18, 24, 30, 35]
+
+
+def test_nodes_within_each_phase_by_hand():
+    # the detail segment of κ = 35 in three phases: edges END, 11, 23 and κ on top
+    edges = torch.tensor([END, END, 11, 11, 23, 23])
+    tops = phase_tops(edges, [END, 11, 23, 35])
+    assert tops.tolist() == [11, 11, 23, 23, 35, 35]
+    uniform = torch.tensor([0.5, 0.9999, 0.0, 0.5, 0.25, 0.9999])
+    # END: 0 + ⌊u·12⌋; edge 11: 12 + ⌊u·12⌋; edge 23: 24 + ⌊u·12⌋
+    assert nodes_above(edges, uniform, tops).tolist() == [6, 11, 12, 18, 27, 35]
+    with pytest.raises(KeyError):  # κ is the detail segment's top, never an edge a detail sample lands on
+        phase_tops(torch.tensor([35]), [END, 11, 23, 35])
 
 
 def test_shift_one_is_identity_and_sampling_grid():

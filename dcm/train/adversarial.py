@@ -3,10 +3,11 @@ plus feature matching through the teacher's output projection, and the discrimin
 
 During the first discriminator.warmup_steps steps the heads train but their hinge term does not reach the
 student (feature matching does). Fake = the student's prediction; real = the consistency target (the
-reference code) or, with discriminator.real = data, the training clip at the same edge. Both are pushed from the segment edge they
-sit at (the end of the trajectory, or a detail phase's edge) up to one random detail-range sigma above it
-per sample, with the same noise, then read by the frozen teacher with block taps. Feature matching pulls
-the prediction's features towards the target's.
+reference code) or, with discriminator.real = data, the training clip at the same edge. Both are pushed from
+the segment edge they sit at (the end of the trajectory, or a detail phase's edge) up to one random node sigma
+above it per sample (within the phase that jumps to that edge, as PCM's reference draws it, or anywhere up to
+κ: discriminator.noise_window), with the same noise, then read by the frozen teacher with block taps. Feature
+matching pulls the prediction's features towards the target's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from dcm.config import DCMConfig
 from dcm.losses import clip_accuracy, discriminator_accuracy, feature_matching, hinge_generator, hinge_terms
 from dcm.models.discriminator import Discriminator
-from dcm.schedule import euler_nodes, nodes_above, renoise
+from dcm.schedule import euler_nodes, method_edges, nodes_above, phase_tops, renoise
 from dcm.train.distributed import mean_across
 from dcm.train.loop import bf16_autocast, device_generator
 
@@ -83,6 +84,7 @@ class AdversarialLoss:
         self.discriminator = Discriminator([teacher.feature_width()] * taps, disc).to(device)
         self.optimizer: torch.optim.Optimizer | None = None  # built when the loop asks, after it sharded the heads
         self.detail_sigmas = euler_nodes(cfg.schedule)[: cfg.distill.kappa + 1].float()
+        self.detail_edges = method_edges("detail", cfg.schedule, cfg.distill)
         self._pending: list[tuple] = []  # one entry per micro-batch of the step
         # (hinge on real, hinge on fake, token accuracy, clip accuracy) of the last logging window's steps:
         # one step's values swing with its batch, so the health is logged as the window's mean
@@ -112,7 +114,9 @@ class AdversarialLoss:
         matching always pulls towards the target."""
         distill, device = self.cfg.distill, pred.device
         uniform = torch.rand(total, generator=generator)[part]
-        sigma = self.detail_sigmas[nodes_above(edges, uniform, len(self.detail_sigmas))].to(device)
+        tops = (phase_tops(edges, self.detail_edges) if distill.discriminator.noise_window == "phase"
+                else distill.kappa)
+        sigma = self.detail_sigmas[nodes_above(edges, uniform, tops)].to(device)
         noise = torch.randn((total, *pred.shape[1:]), generator=device_generator(generator, device),
                             device=device)[part]
         grid = self.teacher.token_grid(tuple(pred.shape))
