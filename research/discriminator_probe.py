@@ -7,8 +7,8 @@ target or the training clip (distill.discriminator.real), both re-noised the sta
 on most of them for `--epochs` epochs and reports hinge and accuracy on the held-out rest: per token (as the
 stage logs it; and apart on structured tokens, where the clean clip has an edge or texture, and flat ones, and
 at each segment edge the samples sit at, for a phased detail expert) and per clip (the sign of a clip's mean
-logit). Heads that stay at chance here cannot learn in the stage either. Run inside a project that ran `make run` (it reads data/latents, data/teacher and
-data/students/semantic, and writes only under --work):
+logit). Heads that stay at chance here cannot learn in the stage either. Run inside a project that ran
+`make run` (it reads data/latents, data/teacher and data/students/semantic, and writes only under --work):
 
     python research/discriminator_probe.py [--batches 48] [--epochs 30] [-S distill.discriminator.real=data ...]
 
